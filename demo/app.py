@@ -1,0 +1,55 @@
+"""The chat of the Scalatra Atmosphere example, on flask-atmosphere."""
+from __future__ import annotations
+
+import time
+
+from flask import Flask, render_template
+
+from flask_atmosphere import (Atmosphere, AtmosphereClient, ClientDisconnected, Connected,
+                              Disconnected, Everyone, JsonMessage, ServerDisconnected,
+                              TextMessage)
+
+atmosphere = Atmosphere()
+
+
+def now_ms() -> str:
+    """Milliseconds since the epoch, as a string (the chat's ``time`` field)."""
+    return str(int(time.time() * 1000))
+
+
+def chat_line(author: str, message: str) -> dict:
+    return {"author": author, "message": message, "time": now_ms()}
+
+
+@atmosphere.route("/the-chat")
+class ChatClient(AtmosphereClient):
+    """One chat participant per connection (two tabs are two participants)."""
+
+    def receive(self, event):
+        match event:
+            case Connected():
+                self.broadcast(chat_line("Someone", "joined the room"), to=Everyone)
+            case Disconnected(ClientDisconnected()):
+                self.broadcast(chat_line("Someone", "has left the room"), to=Everyone)
+            case Disconnected(ServerDisconnected()):
+                pass
+            case TextMessage(_):
+                self.send(chat_line("system", "Only json is allowed"))
+            case JsonMessage(dict() as json):
+                self.broadcast(json | {"time": now_ms()})  # everyone but the sender
+            case JsonMessage(_):
+                self.send(chat_line("system", "Messages are JSON objects"))
+
+
+def create_app() -> Flask:
+    """The demo app; ``FLASK_ATMOSPHERE_*`` environment variables set its
+    ``ATMOSPHERE_*`` config (``FLASK_ATMOSPHERE_HEARTBEAT_INTERVAL=10``)."""
+    app = Flask(__name__)
+    app.config.from_prefixed_env()
+    atmosphere.init_app(app)
+
+    @app.route("/")
+    def index():
+        return render_template("index.html")
+
+    return app

@@ -1,0 +1,20 @@
+"""flask-atmosphere: carefree server push for Flask.
+
+See ``Atmosphere`` for the extension, ``AtmosphereClient`` for the
+per-connection object, and ``flask_atmosphere.events`` for what it receives.
+"""
+from .client import AtmosphereClient, ConnectRequest
+from .events import (ClientDisconnected, Connected, Disconnected, Error, JsonMessage,
+                     ServerDisconnected, TextMessage)
+from .extension import Atmosphere
+from .filters import ClientFilter, Everyone, OnlySelf, Predicate, SkipSelf
+from .wire import JsonWireFormat, TextWireFormat, WireFormat
+
+__all__ = [
+    "Atmosphere", "AtmosphereClient", "ConnectRequest",
+    "Connected", "Disconnected", "ClientDisconnected", "ServerDisconnected", "Error",
+    "TextMessage", "JsonMessage",
+    "ClientFilter", "Everyone", "SkipSelf", "OnlySelf", "Predicate",
+    "WireFormat", "JsonWireFormat", "TextWireFormat",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,55 @@
+"""The configuration keys of flask-atmosphere, with their defaults, in one place.
+
+Set them on ``app.config`` before ``init_app``, or from the environment with
+``app.config.from_prefixed_env()`` (``FLASK_ATMOSPHERE_HEARTBEAT_INTERVAL=10``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+__all__ = ["DEFAULTS", "Settings"]
+
+#: Every key and its default. Times are in seconds, sizes in bytes.
+DEFAULTS = {
+    # Server heartbeat period: a heartbeat (the padding "X", framed like any
+    # write; a ping for plain WebSocket clients) after this long without a
+    # write. A client's X-Heartbeat-Server can raise it or (with 0) disable it.
+    # 0 disables. Keep it well under the legacy client's 300 s timeout.
+    "ATMOSPHERE_HEARTBEAT_INTERVAL": 30,
+    # How often the handshake asks the client to send heartbeats; 0: never
+    # (the Java server's default).
+    "ATMOSPHERE_CLIENT_HEARTBEAT_INTERVAL": 0,
+    # The largest inbound message; a larger one closes a WebSocket with 1009.
+    "ATMOSPHERE_MAX_MESSAGE_SIZE": 1024 * 1024,
+    # The bounds of each client's mailbox; past either one the client is
+    # disconnected (close 1008, "slow consumer") and the reason is logged.
+    "ATMOSPHERE_MAILBOX_MAX_MESSAGES": 1000,
+    "ATMOSPHERE_MAILBOX_MAX_BYTES": 16 * 1024 * 1024,
+    # How long a closing WebSocket waits for the peer's close frame.
+    "ATMOSPHERE_CLOSE_TIMEOUT": 5,
+    # Where the bundled JavaScript client is served
+    # (<path>/atmosphere-client.js); None to serve nothing.
+    "ATMOSPHERE_STATIC_URL_PATH": "/_atmosphere",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings of one app, read once from its config at ``init_app``."""
+    heartbeat_interval: float
+    client_heartbeat_interval: float
+    max_message_size: int
+    mailbox_max_messages: int
+    mailbox_max_bytes: int
+    close_timeout: float
+    static_url_path: str | None
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "Settings":
+        """Read the ``ATMOSPHERE_*`` keys of ``config``, defaults filled in."""
+        values = {}
+        for field in fields(cls):
+            key = "ATMOSPHERE_" + field.name.upper()
+            values[field.name] = config.get(key, DEFAULTS[key])
+        return cls(**values)

@@ -1,0 +1,79 @@
+"""The events a client's ``receive`` gets: small frozen dataclasses, no behaviour.
+
+They are made to be taken apart with ``match``::
+
+    match event:
+        case Connected():
+            ...
+        case Disconnected(ClientDisconnected()):
+            ...
+        case JsonMessage({"type": "typing", **rest}):
+            ...
+        case TextMessage(text):
+            ...
+
+The order is fixed: ``Connected`` first, then messages and errors, then
+``Disconnected`` exactly once, last.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+__all__ = [
+    "Event", "Connected", "Disconnected", "ClientDisconnected", "ServerDisconnected",
+    "Error", "TextMessage", "JsonMessage",
+]
+
+
+@dataclass(frozen=True)
+class ClientDisconnected:
+    """The value of ``Disconnected.by`` when the peer went away: it closed the
+    connection, stopped polling past the grace period, or its socket died."""
+
+
+@dataclass(frozen=True)
+class ServerDisconnected:
+    """The value of ``Disconnected.by`` when this server ended the connection:
+    ``client.close()``, a full mailbox, a protocol error, or shutdown."""
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The connection is open and the client is registered: ``send`` and
+    ``broadcast`` from here reach the new client too."""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The connection is over; no event follows.
+
+    Attributes:
+        by: ``ClientDisconnected()`` or ``ServerDisconnected()``.
+        error: the exception that ended the connection (a protocol error, an
+            oversize message, a failed write), or ``None`` for a clean close.
+    """
+    by: Union[ClientDisconnected, ServerDisconnected]
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Error:
+    """Something went wrong without ending the connection, most often an
+    exception raised by ``receive`` itself (given as ``error``)."""
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class TextMessage:
+    """An inbound message that the route's wire format did not read as JSON."""
+    text: str
+
+
+@dataclass(frozen=True)
+class JsonMessage:
+    """An inbound JSON object or array, already parsed (``dict`` or ``list``)."""
+    json: Any
+
+
+Event = Union[Connected, Disconnected, Error, TextMessage, JsonMessage]

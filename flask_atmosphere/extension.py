@@ -1,0 +1,204 @@
+"""The Flask extension: ``Atmosphere(app)`` or ``Atmosphere()`` + ``init_app(app)``."""
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from flask import Blueprint, Flask
+
+from . import transports
+from .backplane import Backplane, MemoryBackplane
+from .broadcaster import Broadcast, Broadcaster
+from .client import AtmosphereClient
+from .config import DEFAULTS, Settings
+from .filters import Everyone, as_filter
+from .registry import Registry
+from .wire import JsonWireFormat, WireFormat
+
+__all__ = ["Atmosphere", "Route"]
+
+log = logging.getLogger("flask_atmosphere")
+
+
+@dataclass(frozen=True)
+class Route:
+    """An atmosphere route: a URL rule bound to an ``AtmosphereClient`` subclass.
+
+    Attributes:
+        rule: the URL rule, with variables as in Flask (``/rooms/<room>``).
+        client_class: the class instantiated for each connection.
+        wire_format: how messages are read and rendered on this route.
+        endpoint: the Flask endpoint name.
+        blueprint: the blueprint it belongs to, or ``None`` for the app.
+    """
+    rule: str
+    client_class: type
+    wire_format: WireFormat
+    endpoint: str
+    blueprint: Blueprint | None = None
+
+
+class Atmosphere:
+    """Server push for a Flask app.
+
+    Args:
+        app: the Flask app, or ``None`` to call :meth:`init_app` later.
+        backplane: carries broadcasts between processes; the default
+            ``MemoryBackplane`` keeps them in this one.
+
+    Attributes:
+        registry: the live connections of this process, per broadcaster path.
+        broadcaster: fans broadcasts out to the clients' mailboxes.
+    """
+
+    def __init__(self, app: Flask | None = None, backplane: Backplane | None = None):
+        self.registry = Registry()
+        self.broadcaster = Broadcaster(self.registry, backplane or MemoryBackplane())
+        self._routes: list[Route] = []
+        self._apps: "weakref.WeakKeyDictionary[Flask, Settings]" = weakref.WeakKeyDictionary()
+        self._error_handlers: list[Callable[[AtmosphereClient, BaseException], Any]] = []
+        if app is not None:
+            self.init_app(app)
+
+    # -- set-up ---------------------------------------------------------------
+
+    def init_app(self, app: Flask) -> None:
+        """Bind to ``app``: fill in the ``ATMOSPHERE_*`` defaults, add the routes
+        declared so far, and serve the bundled JavaScript client."""
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        settings = Settings.from_config(app.config)
+        self._apps[app] = settings
+        app.extensions["atmosphere"] = self
+        for route in self._routes:
+            if route.blueprint is None:
+                self._add_rule(app, route)
+        if settings.static_url_path:
+            app.register_blueprint(Blueprint(
+                "atmosphere", __name__, static_folder="static",
+                static_url_path=settings.static_url_path))
+
+    def settings(self, app: Flask) -> Settings:
+        """The settings read from ``app``'s config at ``init_app``.
+
+        Raises:
+            RuntimeError: ``init_app`` was not called for ``app``.
+        """
+        try:
+            return self._apps[app]
+        except KeyError:
+            raise RuntimeError("Atmosphere.init_app(app) was not called for this app") from None
+
+    def route(self, rule: str, *, bp: Blueprint | None = None, wire_format: WireFormat | None = None,
+              endpoint: str | None = None) -> Callable[[type], type]:
+        """Bind an ``AtmosphereClient`` subclass to ``rule``, beside the app's
+        (or the blueprint's) ordinary routes::
+
+            @atmosphere.route("/rooms/<room>")
+            class Room(AtmosphereClient):
+                def receive(self, event): ...
+
+        Each concrete path (``/rooms/blue``) is its own broadcaster.
+
+        Args:
+            rule: a Flask URL rule; with ``bp``, relative to its ``url_prefix``.
+            bp: put the route on this blueprint instead of the app.
+            wire_format: the route's wire format; ``JsonWireFormat()`` by default.
+            endpoint: the endpoint name; the class name by default.
+        Raises:
+            TypeError: the decorated class is not an ``AtmosphereClient``.
+        """
+        def decorate(client_class: type) -> type:
+            if not (isinstance(client_class, type) and issubclass(client_class, AtmosphereClient)):
+                raise TypeError(f"@atmosphere.route needs an AtmosphereClient subclass, "
+                                f"not {client_class!r}")
+            route = Route(rule, client_class, wire_format or JsonWireFormat(),
+                          endpoint or client_class.__name__, bp)
+            self._routes.append(route)
+            if bp is not None:
+                self._add_rule(bp, route)
+            else:
+                for app in list(self._apps):
+                    self._add_rule(app, route)
+            return client_class
+        return decorate
+
+    def _add_rule(self, target: Flask | Blueprint, route: Route) -> None:
+        def view(**_view_args):
+            return transports.serve(self, route)
+        view.__name__ = route.endpoint
+        # Werkzeug matches WebSocket upgrades only against websocket rules.
+        target.add_url_rule(route.rule, route.endpoint, view, methods=["GET"], websocket=True)
+        target.add_url_rule(route.rule, route.endpoint, view, methods=["GET", "POST"])
+
+    def error_handler(self, handler: Callable[[AtmosphereClient, BaseException], Any]):
+        """Register ``handler(client, exception)``, called (in the app context)
+        when a client's ``receive`` raises. Usable as a decorator. The client
+        then also receives an ``Error`` event and stays connected."""
+        self._error_handlers.append(handler)
+        return handler
+
+    def report_error(self, client: AtmosphereClient, error: BaseException) -> None:
+        """Log ``error`` from ``client`` once and call the error handlers; a
+        handler that raises is logged and does not stop the others."""
+        log.error("error in %r: %s", client, error, exc_info=error)
+        for handler in self._error_handlers:
+            try:
+                handler(client, error)
+            except Exception:
+                log.exception("error handler %r failed", handler)
+
+    # -- pushes from anywhere -------------------------------------------------
+
+    def broadcast(self, path: str, message: Any, to: Any = Everyone) -> None:
+        """Push ``message`` to every client of the broadcaster ``path`` and of
+        every path below it, by whole segments: ``/chat`` reaches
+        ``/chat/room1``, never ``/chatroom``. A blueprint's ``url_prefix``
+        thus reaches all of its atmosphere routes.
+
+        Callable from a view, a greenlet, or another OS thread; it queues the
+        message and returns without waiting for any socket.
+
+        Args:
+            path: a broadcaster path or a prefix of one.
+            message: a ``str`` (sent as text) or what the routes' wire format
+                renders (``dict``/``list`` as JSON by default).
+            to: a client filter, or a callable ``(client) -> bool``.
+        """
+        self.broadcaster.publish(Broadcast(path, message, as_filter(to)))
+
+    def broadcast_all(self, message: Any, to: Any = Everyone) -> None:
+        """Push ``message`` to every client of every route (see :meth:`broadcast`)."""
+        self.broadcast("/", message, to)
+
+    def clients(self, path: str = "/") -> list[AtmosphereClient]:
+        """The live clients of ``path`` and below (every client by default)."""
+        return [connection.client for connection in self.registry.under(path)]
+
+    # -- serving --------------------------------------------------------------
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Close every connection (WebSocket close 1001; each client gets
+        ``Disconnected(ServerDisconnected())``) and wait up to ``timeout``
+        seconds for them to end. Call it on the serving hub's thread.
+
+        Returns:
+            ``True`` if every connection ended in time.
+        """
+        for connection in self.registry:
+            connection.close(1001, "server shutdown")
+        return self.registry.wait_empty(timeout)
+
+    def run(self, app: Flask, host: str = "127.0.0.1", port: int = 8080) -> None:
+        """Serve ``app`` on gevent's pywsgi with WebSocket support until
+        SIGINT or SIGTERM, then shut down cleanly.
+
+        Args:
+            app: the Flask app (``init_app`` must have been called for it).
+            host: the address to listen on.
+            port: the TCP port to listen on.
+        """
+        from .server import AtmosphereServer
+        AtmosphereServer(app, host, port).serve_forever()

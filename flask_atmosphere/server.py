@@ -1,0 +1,70 @@
+"""Serving a Flask app with atmosphere routes on gevent's pywsgi.
+
+gevent-websocket's ``WebSocketHandler`` does the HTTP upgrade; everything
+else is ordinary WSGI. Under gunicorn, use its gevent WebSocket worker
+(``-k geventwebsocket.gunicorn.workers.GeventWebSocketWorker``) instead.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+from geventwebsocket.handler import WebSocketHandler
+
+__all__ = ["AtmosphereServer"]
+
+log = logging.getLogger("flask_atmosphere")
+
+
+class AtmosphereServer:
+    """A pywsgi server for ``app`` with WebSocket support.
+
+    Args:
+        app: a Flask app with ``Atmosphere`` initialised on it.
+        host: the address to listen on.
+        port: the TCP port; 0 picks a free one (see :attr:`port`).
+
+    Raises:
+        RuntimeError: ``app`` has no ``Atmosphere``.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 8080):
+        try:
+            self.atmosphere = app.extensions["atmosphere"]
+        except KeyError:
+            raise RuntimeError("the app has no Atmosphere: call Atmosphere(app) first") from None
+        self.app = app
+        self._stopped = Event()
+        self.wsgi = WSGIServer((host, port), app, handler_class=WebSocketHandler,
+                               log=logging.getLogger("flask_atmosphere.access"),
+                               error_log=logging.getLogger("flask_atmosphere.server"))
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on (known once started)."""
+        return self.wsgi.server_port
+
+    def start(self) -> None:
+        """Start listening; connections are served on this thread's hub."""
+        self.wsgi.start()
+        self.atmosphere.broadcaster.attach(gevent.get_hub())
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close every connection (see ``Atmosphere.shutdown``)
+        and stop the server, within about ``timeout`` seconds."""
+        self.wsgi.close()
+        self.atmosphere.shutdown(timeout)
+        self.wsgi.stop(timeout=1)
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """Start and serve until SIGINT or SIGTERM (main thread only), then stop."""
+        self.start()
+        host, port = self.wsgi.address[:2]
+        log.warning("flask-atmosphere serving on http://%s:%s", host, port)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            gevent.signal_handler(signum, lambda: gevent.spawn(self.stop))
+        self._stopped.wait()

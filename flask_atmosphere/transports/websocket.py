@@ -1,0 +1,116 @@
+"""The WebSocket transport (§4.1): one text frame per write, both ways.
+
+The request greenlet reads frames and feeds them to the connection; a writer
+greenlet waits on the mailbox and is the only one that writes messages,
+heartbeats and the final close frame.
+"""
+from __future__ import annotations
+
+import logging
+
+import gevent
+from gevent.event import Event
+from geventwebsocket.exceptions import ProtocolError, WebSocketError
+
+from ..connection import Connection
+from ..mailbox import CloseRequest
+from ..protocol import HEARTBEAT_PADDING, frame, handshake, handshake_due, heartbeat_interval
+from .geventws import MessageTooBig, abort, adopt
+
+__all__ = ["serve"]
+
+log = logging.getLogger("flask_atmosphere")
+
+TEXT = 0x01
+PING = 0x09
+
+
+def serve(connection: Connection, ws) -> None:
+    """Run ``connection`` over the upgraded WebSocket ``ws`` until it ends.
+
+    Args:
+        connection: the new (not yet registered) connection.
+        ws: gevent-websocket's ``WebSocket`` from ``environ["wsgi.websocket"]``.
+    """
+    settings = connection.atmosphere.settings(connection.app)
+    ws = adopt(ws, settings.max_message_size)
+    params = connection.params
+    if handshake_due(params):
+        hello = handshake(connection.uuid, int(settings.client_heartbeat_interval * 1000))
+        try:
+            ws.send_frame(frame(hello, connection.track), TEXT)
+        except WebSocketError:
+            return  # gone before it started: no client, no events
+    reader_done = Event()
+    writer = gevent.spawn(_write, connection, ws, reader_done, settings.close_timeout,
+                          heartbeat_interval(settings.heartbeat_interval, params.heartbeat_server))
+    error = None
+    try:
+        connection.open()
+        error = _read(connection, ws)
+    finally:
+        reader_done.set()
+        connection.finish(error)
+        writer.join(settings.close_timeout + 1)
+        writer.kill()
+
+
+def _read(connection: Connection, ws) -> BaseException | None:
+    """Feed inbound messages to ``connection`` until the WebSocket ends;
+    return the error that ended it, if any."""
+    while True:
+        try:
+            message = ws.read_message()
+        except MessageTooBig as exc:
+            return _refuse(connection, 1009, "message too big", exc)
+        except UnicodeError as exc:
+            return _refuse(connection, 1007, "invalid UTF-8", exc)
+        except ProtocolError as exc:
+            return _refuse(connection, 1002, "protocol error", exc)
+        except OSError as exc:  # WebSocketError too: the peer is gone
+            return exc
+        if message is None:  # a close frame
+            return None
+        if not isinstance(message, str):
+            try:
+                message = bytes(message).decode("utf-8")
+            except UnicodeError as exc:
+                return _refuse(connection, 1007, "binary message is not UTF-8 text", exc)
+        connection.inbound(message)
+
+
+def _refuse(connection: Connection, code: int, reason: str, error: BaseException) -> BaseException:
+    log.warning("closing client %s on %s with %d: %s (%s)", connection.uuid, connection.path,
+                code, reason, error)
+    connection.mailbox.close(CloseRequest(code, reason, drain=False, error=error))
+    return error
+
+
+def _write(connection: Connection, ws, reader_done: Event, close_timeout: float,
+           heartbeat: float | None) -> None:
+    """Write what the mailbox gives, a heartbeat after ``heartbeat`` seconds
+    without a write, and the close frame once the mailbox closes."""
+    mailbox = connection.mailbox
+    track = connection.track
+    if connection.params.is_atmosphere:
+        beat, beat_opcode = frame(HEARTBEAT_PADDING, track), TEXT  # §5.1, framed (§3)
+    else:
+        beat, beat_opcode = b"", PING  # a plain WebSocket client gets pings
+    try:
+        while True:
+            batch = mailbox.take(heartbeat)
+            if batch is None:
+                break
+            if not batch:
+                ws.send_frame(beat, beat_opcode)
+                continue
+            for outbound in batch:
+                ws.send_frame(outbound.encoded(track), TEXT)
+        request = mailbox.close_request
+        ws.close(request.code, request.reason)
+    except WebSocketError:
+        if not ws.closed:
+            abort(ws)  # a dead peer: wake the reader
+        return
+    if not reader_done.wait(close_timeout):
+        abort(ws)

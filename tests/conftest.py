@@ -1,0 +1,174 @@
+"""Shared fixtures: a real server on 127.0.0.1 in a thread of its own (with
+its own gevent hub), and real WebSocket clients (websocket-client) talking to it."""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+import gevent
+import pytest
+import websocket
+from gevent.event import Event
+
+from flask_atmosphere.server import AtmosphereServer
+
+TIMEOUT = 10  # seconds: the most any single wait in a test may take
+
+
+class LiveServer:
+    """Serves ``app`` on a free port of 127.0.0.1 from a background thread."""
+
+    def __init__(self, app):
+        self.app = app
+        self.atmosphere = app.extensions["atmosphere"]
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-server", daemon=True)
+        self._thread.start()
+        assert self._ready.wait(TIMEOUT), "the server did not start"
+
+    def _run(self):
+        self.server = AtmosphereServer(self.app, "127.0.0.1", 0)
+        self.server.start()
+        self.loop = gevent.get_hub().loop
+        self._stop = Event()
+        self._ready.set()
+        self._stop.wait()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def url(self, path: str, scheme: str = "ws", **params: Any) -> str:
+        query = ("?" + urlencode(params)) if params else ""
+        return f"{scheme}://127.0.0.1:{self.port}{path}{query}"
+
+    def call(self, fn: Callable, *args) -> Any:
+        """Run ``fn(*args)`` in a greenlet of the server's hub; return its result."""
+        results: queue.Queue = queue.Queue()
+
+        def run():
+            try:
+                results.put((True, fn(*args)))
+            except BaseException as exc:  # handed back to the test thread
+                results.put((False, exc))
+
+        self.loop.run_callback_threadsafe(gevent.spawn, run)
+        ok, value = results.get(timeout=TIMEOUT)
+        if not ok:
+            raise value
+        return value
+
+    def stop(self, timeout: float = 5) -> None:
+        def stop():
+            self.server.stop(timeout)
+            self._stop.set()
+        self.call(stop)
+        self._thread.join(TIMEOUT)
+
+
+class Recorder:
+    """A thread-safe list of what the server's clients saw, with waits."""
+
+    def __init__(self):
+        self.items: list = []
+        self._cond = threading.Condition()
+
+    def add(self, item) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list], bool], timeout: float = TIMEOUT) -> list:
+        with self._cond:
+            assert self._cond.wait_for(lambda: predicate(self.items), timeout), \
+                f"timed out; recorded so far: {self.items!r}"
+            return list(self.items)
+
+
+class WSClient:
+    """A WebSocket client that understands the Atmosphere framing it asked for."""
+
+    def __init__(self, url: str, track: bool = False, protocol: bool = False):
+        self.ws = websocket.create_connection(url, timeout=TIMEOUT)
+        self.track = track
+        self.uuid = None
+        self._pending: list[str] = []
+        if protocol:
+            self.uuid = self.recv().split("|")[0]
+
+    def _frames(self, data: str) -> list[str]:
+        if not self.track:
+            return [data]
+        out = []
+        while data:
+            length, _, rest = data.partition("|")
+            n = int(length)
+            # lengths count UTF-16 code units
+            encoded = rest.encode("utf-16-le")
+            out.append(encoded[: 2 * n].decode("utf-16-le"))
+            data = encoded[2 * n:].decode("utf-16-le")
+        return out
+
+    def recv(self, skip_heartbeats: bool = True) -> str:
+        while True:
+            if not self._pending:
+                opcode, data = self.ws.recv_data()
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    raise ConnectionError(f"closed: {data!r}")
+                self._pending.extend(self._frames(data.decode("utf-8")))
+            message = self._pending.pop(0)
+            if skip_heartbeats and message == "X":
+                continue
+            return message
+
+    def recv_json(self) -> Any:
+        import json
+        return json.loads(self.recv())
+
+    def send(self, text: str) -> None:
+        self.ws.send(text)
+
+    def recv_close(self) -> tuple[int | None, str]:
+        """Read until the server's close frame; return its (code, reason)."""
+        while True:
+            frame = self.ws.recv_frame()
+            if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+                data = frame.data
+                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+                return code, data[2:].decode("utf-8")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+ATMOSPHERE_PARAMS = {
+    "X-Atmosphere-tracking-id": "0",
+    "X-Atmosphere-Framework": "5.0.7",
+    "X-Atmosphere-Transport": "websocket",
+    "X-Atmosphere-TrackMessageSize": "true",
+    "Content-Type": "application/json",
+    "X-atmo-protocol": "true",
+}
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+@pytest.fixture
+def live():
+    """``live(app)`` starts a server for ``app``; every one started is stopped
+    at the end of the test."""
+    servers = []
+
+    def start(app):
+        server = LiveServer(app)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
