@@ -21,6 +21,7 @@ setup(
             "pytest>=8",
             "hypothesis>=6.100",
             "websocket-client>=1.8",
+            "requests>=2.31",
             "playwright>=1.45",
         ],
     },

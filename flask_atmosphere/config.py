@@ -20,12 +20,18 @@ DEFAULTS = {
     # How often the handshake asks the client to send heartbeats; 0: never
     # (the Java server's default).
     "ATMOSPHERE_CLIENT_HEARTBEAT_INTERVAL": 0,
-    # The largest inbound message; a larger one closes a WebSocket with 1009.
+    # The largest inbound message: a larger one closes a WebSocket with 1009,
+    # and an HTTP POST gets 413 (the client stays connected).
     "ATMOSPHERE_MAX_MESSAGE_SIZE": 1024 * 1024,
     # The bounds of each client's mailbox; past either one the client is
     # disconnected (close 1008, "slow consumer") and the reason is logged.
     "ATMOSPHERE_MAILBOX_MAX_MESSAGES": 1000,
     "ATMOSPHERE_MAILBOX_MAX_BYTES": 16 * 1024 * 1024,
+    # How long a client may be away (a long-poll client between polls, any
+    # client reconnecting with its tracking id) and still find its uuid and
+    # every message queued meanwhile; after that it is Disconnected. The Java
+    # server's UUIDBroadcasterCache keeps an idle client for 60 s too.
+    "ATMOSPHERE_GRACE_PERIOD": 60,
     # How long a closing WebSocket waits for the peer's close frame.
     "ATMOSPHERE_CLOSE_TIMEOUT": 5,
     # Where the bundled JavaScript client is served
@@ -42,6 +48,7 @@ class Settings:
     max_message_size: int
     mailbox_max_messages: int
     mailbox_max_bytes: int
+    grace_period: float
     close_timeout: float
     static_url_path: str | None
 

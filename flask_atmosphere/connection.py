@@ -1,24 +1,30 @@
-"""The life of one connection, whatever its transport.
+"""The life of one client, whatever its transport and however many requests
+carry it.
 
-A transport creates a :class:`Connection`, writes the handshake, calls
-:meth:`Connection.open`, feeds inbound text to :meth:`Connection.inbound`,
-writes what :attr:`Connection.mailbox` gives it, and calls
-:meth:`Connection.finish` exactly once at the end. This module owns the rules:
-``Connected`` after registration, one event at a time and in order,
-``Disconnected`` exactly once and last, errors in ``receive`` contained.
+A client is known by its uuid (the Atmosphere tracking id). Each request that
+serves it (a WebSocket, a stream, one long-poll) *attaches* to its
+:class:`Connection`, writes what the mailbox gives, and *detaches* when it
+ends. Between two requests (a long-poll between polls, a client reconnecting)
+the connection stays registered and its mailbox keeps filling; if no request
+comes back within the grace period, the client is gone.
+
+This module owns the rules: ``Connected`` after registration and only once,
+one event at a time and in order, ``Disconnected`` exactly once and last,
+errors in ``receive`` contained.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+import gevent
 from gevent.lock import Semaphore
 
 from .broadcaster import Broadcast
-from .events import Connected, Disconnected, Error, ClientDisconnected, ServerDisconnected
+from .events import ClientDisconnected, Connected, Disconnected, Error, ServerDisconnected
 from .filters import as_filter
 from .mailbox import CloseRequest, Mailbox, Outbound
-from .protocol import AtmosphereParams, is_heartbeat
+from .protocol import AtmosphereParams, is_heartbeat, valid_tracking_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -26,13 +32,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from .client import AtmosphereClient, ConnectRequest
     from .extension import Atmosphere, Route
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "Carrier"]
 
 log = logging.getLogger("flask_atmosphere")
 
 
+class Carrier:
+    """One request serving a connection. ``abort`` cuts it at once (set by
+    the transport when it can, e.g. by shutting its socket down)."""
+    __slots__ = ("abort",)
+
+    def __init__(self, abort: Callable[[], None] | None = None):
+        self.abort = abort or (lambda: None)
+
+
 class Connection:
-    """One client's connection.
+    """One client.
 
     Args:
         atmosphere: the extension.
@@ -54,9 +69,12 @@ class Connection:
         self.path = request.path
         self.params = params
         self.wire_format = route.wire_format
+        self.grace_period = settings.grace_period
         self.mailbox = Mailbox(settings.mailbox_max_messages, settings.mailbox_max_bytes)
+        self.carrier: Carrier | None = None
         self._lock = Semaphore()
-        self._finished = False
+        self._finished = False   # Disconnected is decided (delivered or on its way)
+        self._grace_timer = None
         client: "AtmosphereClient" = route.client_class()
         client.uuid = uuid
         client.request = request
@@ -64,10 +82,24 @@ class Connection:
         client._connection = self
         self.client = client
 
+    def __repr__(self) -> str:
+        return f"<Connection {self.uuid} {self.path}>"
+
     @property
     def track(self) -> bool:
         """Whether every write is length-framed (``X-Atmosphere-TrackMessageSize``)."""
         return self.params.track_message_size
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the client can come back with its tracking id: an
+        Atmosphere client that got the handshake or brought a valid id."""
+        params = self.params
+        return params.is_atmosphere and (params.protocol or valid_tracking_id(params.tracking_id))
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
 
     # -- outbound, from any greenlet or thread --------------------------------
 
@@ -83,9 +115,12 @@ class Connection:
 
     def close(self, code: int = 1000, reason: str = "", error: BaseException | None = None,
               drain: bool = True) -> None:
-        """Ask the transport to end the connection (server side)."""
-        self.atmosphere.broadcaster.call(
-            self.mailbox.close, CloseRequest(code, reason, drain=drain, error=error))
+        """End the connection from the server side (from any greenlet or thread)."""
+        self.atmosphere.broadcaster.call(self._close, CloseRequest(code, reason, drain, error))
+
+    def _close(self, request: CloseRequest) -> None:
+        if self.mailbox.close(request) and self.carrier is None:
+            gevent.spawn(self.finish)  # no request to tell: done now
 
     def enqueue(self, outbound: Outbound) -> None:
         """Append to the mailbox (hub thread only); a full mailbox disconnects
@@ -96,6 +131,46 @@ class Connection:
         if not mailbox.put(outbound):
             log.warning("disconnecting client %s on %s: %s", self.uuid, self.path,
                         mailbox.close_request.error)
+            if self.carrier is None:
+                gevent.spawn(self.finish)
+
+    # -- requests coming and going ---------------------------------------------
+
+    def attach(self, carrier: Carrier) -> None:
+        """``carrier`` serves the client from now on; a request still serving
+        it is superseded (its pending wait on the mailbox ends)."""
+        if self._grace_timer is not None:
+            self._grace_timer.close()
+            self._grace_timer = None
+        self.carrier = carrier
+        self.mailbox.interrupt()
+
+    def serves(self, carrier: Carrier) -> bool:
+        """Whether ``carrier`` is still the request serving the client."""
+        return self.carrier is carrier and not self._finished
+
+    def detach(self, carrier: Carrier, gone: bool = False, error: BaseException | None = None) -> None:
+        """``carrier`` has ended. The client is gone now if it said so
+        (``gone``: a close frame, a close request), if it cannot come back,
+        or if the server closed it; else it has ``grace_period`` seconds to
+        come back with its tracking id."""
+        if self.carrier is not carrier:
+            return  # superseded: the newer request carries on
+        self.carrier = None
+        if self._finished:
+            return
+        if gone or not self.resumable or self.mailbox.closed or self.grace_period <= 0:
+            self.finish(error)
+            return
+        timer = self._grace_timer = gevent.get_hub().loop.timer(self.grace_period)
+        timer.start(self._grace_expired)
+
+    def _grace_expired(self) -> None:
+        self._grace_timer = None
+        if self.carrier is None and not self._finished:
+            log.info("client %s on %s did not come back within %ss", self.uuid, self.path,
+                     self.grace_period)
+            gevent.spawn(self.finish)
 
     # -- events ---------------------------------------------------------------
 
@@ -115,10 +190,8 @@ class Connection:
         """Run the client's ``receive`` for ``event``, one event at a time.
         Nothing is delivered after ``Disconnected``."""
         with self._lock:
-            if self._finished:
+            if self._finished and not isinstance(event, Disconnected):
                 return
-            if isinstance(event, Disconnected):
-                self._finished = True
             self._receive(event)
 
     def _receive(self, event: Any) -> None:
@@ -135,20 +208,31 @@ class Connection:
                     self.atmosphere.report_error(self.client, again)
 
     def finish(self, error: BaseException | None = None) -> None:
-        """Deliver ``Disconnected`` (once) and unregister the client.
+        """Deliver ``Disconnected`` (exactly once) and unregister the client.
 
         It is ``ServerDisconnected`` if the server asked to close (``close``,
         a full mailbox, shutdown), else ``ClientDisconnected``; ``error`` is
         what ended the connection, if anything did.
         """
+        if self._finished:
+            return
+        self._finished = True
+        if self._grace_timer is not None:
+            self._grace_timer.close()
+            self._grace_timer = None
         request = self.mailbox.close_request
         if request is None:
             self.mailbox.close(CloseRequest(1000, "", drain=False, error=error))
             by = ClientDisconnected()
-        else:
+        else:  # what a read saw after the server closed is no news
             by = ServerDisconnected()
-            error = request.error or error
+            error = request.error
         try:
             self.dispatch(Disconnected(by, error))
         finally:
             self.atmosphere.registry.remove(self)
+
+    def abort(self) -> None:
+        """Cut the request serving the client, if any, without a goodbye."""
+        if self.carrier is not None:
+            self.carrier.abort()

@@ -6,7 +6,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, current_app
 
 from . import transports
 from .backplane import Backplane, MemoryBackplane
@@ -80,12 +80,15 @@ class Atmosphere:
                 "atmosphere", __name__, static_folder="static",
                 static_url_path=settings.static_url_path))
 
-    def settings(self, app: Flask) -> Settings:
-        """The settings read from ``app``'s config at ``init_app``.
+    def settings(self, app: Flask | None = None) -> Settings:
+        """The settings read from ``app``'s config at ``init_app`` (by default
+        the current app's).
 
         Raises:
             RuntimeError: ``init_app`` was not called for ``app``.
         """
+        if app is None:
+            app = current_app._get_current_object()
         try:
             return self._apps[app]
         except KeyError:
@@ -180,16 +183,22 @@ class Atmosphere:
     # -- serving --------------------------------------------------------------
 
     def shutdown(self, timeout: float = 5.0) -> bool:
-        """Close every connection (WebSocket close 1001; each client gets
-        ``Disconnected(ServerDisconnected())``) and wait up to ``timeout``
-        seconds for them to end. Call it on the serving hub's thread.
+        """Close every connection: WebSocket close 1001 after what is queued,
+        and each client gets ``Disconnected(ServerDisconnected())``. Waits up
+        to ``timeout`` seconds for the peers to answer, then cuts the
+        connections that did not, and returns within about a second more.
+        Call it on the serving hub's thread.
 
         Returns:
-            ``True`` if every connection ended in time.
+            ``True`` if every connection ended.
         """
         for connection in self.registry:
             connection.close(1001, "server shutdown")
-        return self.registry.wait_empty(timeout)
+        if self.registry.wait_empty(timeout):
+            return True
+        for connection in self.registry:
+            connection.abort()
+        return self.registry.wait_empty(1.0)
 
     def run(self, app: Flask, host: str = "127.0.0.1", port: int = 8080) -> None:
         """Serve ``app`` on gevent's pywsgi with WebSocket support until

@@ -2,9 +2,12 @@
 
 A broadcast renders a message once into an :class:`Outbound` and appends that
 same object to the mailbox of every target; it never touches a socket. The
-client's transport is the only reader: it waits here for work, writes, and
-waits again. All of this runs on the server's gevent hub thread (the
-broadcaster hands calls from other threads over to it), so no lock is needed.
+client's transport waits here for work, writes, and waits again. The mailbox
+outlives any single HTTP request: a long-poll client between two polls, or any
+client reconnecting with its tracking id, finds what was queued meanwhile.
+
+All of this runs on the server's gevent hub thread (the broadcaster hands
+calls from other threads over to it), so no lock is needed.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from gevent.event import Event
 
 from .protocol import frame
 
-__all__ = ["Outbound", "CloseRequest", "Mailbox"]
+__all__ = ["Outbound", "CloseRequest", "Mailbox", "MailboxFull"]
 
 
 class Outbound:
@@ -24,26 +27,36 @@ class Outbound:
 
     Attributes:
         text: the rendered message.
-        size: its size in bytes once encoded as UTF-8.
+        data: ``text`` as UTF-8.
     """
-    __slots__ = ("text", "data", "_framed")
+    __slots__ = ("text", "data", "_encodings")
 
     def __init__(self, text: str):
         self.text = text
         self.data = text.encode("utf-8")
-        self._framed: bytes | None = None
+        self._encodings: dict = {}
 
     @property
     def size(self) -> int:
+        """The size of the message in bytes (UTF-8)."""
         return len(self.data)
 
     def encoded(self, track: bool) -> bytes:
         """The UTF-8 bytes of one write: length-framed (§3) if ``track``."""
         if not track:
             return self.data
-        if self._framed is None:
-            self._framed = frame(self.text, True).encode("utf-8")
-        return self._framed
+        framed = self._encodings.get("framed")
+        if framed is None:
+            framed = self._encodings["framed"] = frame(self.text, True).encode("utf-8")
+        return framed
+
+    def cached(self, key, make):
+        """``make(self)``, computed once per ``key`` and kept: the place for a
+        transport's own encoding (an SSE event, say) of a shared message."""
+        value = self._encodings.get(key)
+        if value is None:
+            value = self._encodings[key] = make(self)
+        return value
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,8 @@ class MailboxFull(Exception):
 
 
 class Mailbox:
-    """An ordered, bounded queue of :class:`Outbound` messages.
+    """An ordered, bounded queue of :class:`Outbound` messages, each numbered
+    with a sequence number (1, 2, 3, …) that SSE sends as its event id.
 
     Args:
         max_messages: the most messages it holds (``ATMOSPHERE_MAILBOX_MAX_MESSAGES``).
@@ -76,18 +90,22 @@ class Mailbox:
     When a ``put`` would pass either bound, the mailbox closes itself with
     code 1008 and a :class:`MailboxFull` error: the slow consumer is
     disconnected rather than starved in silence or allowed to hold others up.
+
+    A reader that can say later where it got to (SSE, with ``Last-Event-ID``)
+    takes with ``keep=True``: the last ``max_messages`` messages taken are
+    kept as *sent*, and :meth:`resume` queues again exactly what it missed.
     """
-    __slots__ = ("_queue", "_bytes", "_event", "max_messages", "max_bytes", "close_request",
-                 "next_seq")
+    __slots__ = ("_queue", "_sent", "_bytes", "_event", "max_messages", "max_bytes",
+                 "close_request", "next_seq")
 
     def __init__(self, max_messages: int, max_bytes: int):
-        self._queue: deque = deque()
+        self._queue: deque = deque()   # (seq, Outbound), not yet taken
+        self._sent: deque = deque()    # (seq, Outbound), taken by the last reader
         self._bytes = 0
         self._event = Event()
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.close_request: CloseRequest | None = None
-        #: The sequence number the next message gets (1, 2, 3, …).
         self.next_seq = 1
 
     def __len__(self) -> int:
@@ -115,27 +133,63 @@ class Mailbox:
         self._event.set()
         return True
 
-    def take(self, timeout: float | None) -> list[Outbound] | None:
+    def take(self, timeout: float | None, limit: int | None = None, keep: bool = False
+             ) -> list[tuple[int, Outbound]] | None:
         """Wait up to ``timeout`` seconds (``None``: forever) for messages and
-        remove them all.
+        remove them, at most ``limit`` of them (``None``: all); with ``keep``,
+        remember them as sent (see :meth:`resume`).
+
+        A newer ``take`` (another request of the same client) or
+        :meth:`interrupt` ends the wait early with ``[]``.
 
         Returns:
-            the queued messages, oldest first; ``[]`` if the time ran out;
-            ``None`` once the mailbox is closed and there is nothing left to
-            deliver (then ``close_request`` says why).
+            ``(seq, message)`` pairs, oldest first; ``[]`` if the time ran out
+            or the wait was interrupted; ``None`` once the mailbox is closed
+            and nothing is left to deliver (``close_request`` says why).
         """
+        previous, event = self._event, Event()
+        self._event = event
+        previous.set()  # a reader still waiting there is superseded
         if not self._queue and self.close_request is None:
-            self._event.clear()
-            self._event.wait(timeout)
+            event.wait(timeout)
+            if event is not self._event and self.close_request is None:
+                return []
         if self.close_request is not None and not self.close_request.drain:
             self._queue.clear()
             self._bytes = 0
         if not self._queue:
             return None if self.close_request is not None else []
-        batch = [message for _, message in self._queue]
-        self._queue.clear()
-        self._bytes = 0
+        count = len(self._queue) if limit is None else min(limit, len(self._queue))
+        batch = [self._queue.popleft() for _ in range(count)]
+        self._bytes -= sum(message.size for _, message in batch)
+        if keep:
+            self._sent.extend(batch)
+            while len(self._sent) > self.max_messages:
+                self._sent.popleft()
+        elif self._sent:
+            self._sent.clear()
         return batch
+
+    def requeue(self, batch: list[tuple[int, Outbound]]) -> None:
+        """Put back, at the front, messages taken but not written (the write
+        failed): the client's next request gets them, in order."""
+        self._queue.extendleft(reversed(batch))
+        self._bytes += sum(message.size for _, message in batch)
+        if self._sent:
+            sent = {seq for seq, _ in batch}
+            self._sent = deque(item for item in self._sent if item[0] not in sent)
+
+    def resume(self, last_seq: int) -> None:
+        """The reader got everything up to ``last_seq`` (SSE ``Last-Event-ID``):
+        queue again, at the front, what was sent after it."""
+        missed = [item for item in self._sent if item[0] > last_seq]
+        self._sent.clear()
+        self.requeue(missed)
+
+    def interrupt(self) -> None:
+        """End a pending :meth:`take` early (it returns ``[]``)."""
+        previous, self._event = self._event, Event()
+        previous.set()
 
     def close(self, request: CloseRequest) -> bool:
         """Close the mailbox; the transport then ends the connection as

@@ -87,11 +87,16 @@ class Recorder:
             return list(self.items)
 
 
-class WSClient:
-    """A WebSocket client that understands the Atmosphere framing it asked for."""
+_open_clients: list = []
 
-    def __init__(self, url: str, track: bool = False, protocol: bool = False):
-        self.ws = websocket.create_connection(url, timeout=TIMEOUT)
+
+class WSClient:
+    """A WebSocket client that understands the Atmosphere framing it asked for.
+    Every one still open at the end of a test is closed before the servers stop."""
+
+    def __init__(self, url: str, track: bool = False, protocol: bool = False, **options):
+        self.ws = websocket.create_connection(url, timeout=TIMEOUT, **options)
+        _open_clients.append(self)
         self.track = track
         self.uuid = None
         self._pending: list[str] = []
@@ -131,16 +136,23 @@ class WSClient:
         self.ws.send(text)
 
     def recv_close(self) -> tuple[int | None, str]:
-        """Read until the server's close frame; return its (code, reason)."""
+        """Read until the server's close frame, answer it as a browser would,
+        and return its (code, reason)."""
         while True:
             frame = self.ws.recv_frame()
             if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
                 data = frame.data
                 code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+                try:
+                    self.ws.send_close(code or 1000)
+                except OSError:
+                    pass
                 return code, data[2:].decode("utf-8")
 
     def close(self) -> None:
-        self.ws.close()
+        self.ws.close(timeout=TIMEOUT)
+        if self in _open_clients:
+            _open_clients.remove(self)
 
 
 ATMOSPHERE_PARAMS = {
@@ -170,5 +182,7 @@ def live():
         return server
 
     yield start
+    while _open_clients:
+        _open_clients.pop().ws.abort()
     for server in servers:
         server.stop()

@@ -1,8 +1,16 @@
-"""Transports: picks the one a request asks for and hands the connection to it.
+"""Transports: picks the one a request asks for and hands it the client.
 
-The choice follows the request: a WebSocket upgrade (made by gevent-websocket's
-handler, found as ``environ["wsgi.websocket"]``), else ``X-Atmosphere-Transport``
-from the query or a header (§1.4).
+The choice follows the request (§10.2): a WebSocket upgrade (done by
+gevent-websocket's handler, found as ``environ["wsgi.websocket"]``); else
+``X-Atmosphere-Transport`` from the query or a header (§1.4):
+
+* ``close``, any method: the client says goodbye (§4.7);
+* a POST, whatever its transport value, carries one message upstream (§4.6);
+* a GET with ``long-polling``, ``polling``, ``jsonp``, ``streaming`` or ``sse``
+  opens (or resumes) the client on that transport.
+
+A request with a tracking id of a live client of the same path resumes that
+client; any other tracking id gets a fresh client, never an error (§8.1).
 """
 from __future__ import annotations
 
@@ -14,9 +22,10 @@ from flask import Response, current_app, request, session
 
 from ..client import ConnectRequest
 from ..connection import Connection
-from ..protocol import (PROTOCOL_PARAMS, ProtocolError, VersionNotSupported, new_tracking_id,
-                        parse_params, valid_tracking_id)
-from . import websocket
+from ..protocol import (PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, VersionNotSupported,
+                        new_tracking_id, parse_params, valid_tracking_id)
+from . import longpolling, sse, streaming, websocket
+from .http import NO_CACHE, error_response
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..extension import Atmosphere, Route
@@ -33,39 +42,60 @@ def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
     try:
         params = parse_params(request.args, request.headers)
     except VersionNotSupported as exc:
-        return _error(501, str(exc))
+        return error_response(501, str(exc))
     except ProtocolError as exc:
-        log.info("refused %s %s: %s", request.method, request.path, exc)
+        log.info("refused %s %s: %s", request.method, request.full_path, exc)
         if ws is not None:
             ws.close(1008, str(exc)[:120])
             return Response()
-        return _error(400, str(exc))
-
-    if ws is None:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            # A server without gevent-websocket's handler cannot upgrade.
-            return _error(501, "Websocket protocol not supported")
-        return _error(501, f"transport {params.transport or 'http'!r} is not supported yet")
-
+        return error_response(400, str(exc))
     atmosphere.broadcaster.attach(gevent.get_hub())
-    connection = Connection(
-        atmosphere, current_app._get_current_object(), route, _uuid_for(atmosphere, params.tracking_id),
-        params, _connect_request("websocket"), session)
-    websocket.serve(connection, ws)
-    return Response()
+
+    if ws is not None:
+        connection, new = _connection_for(atmosphere, route, params, "websocket")
+        websocket.serve(connection, new, ws)
+        return Response()
+    transport = params.transport
+    if transport == "close":
+        return _close(atmosphere, params)
+    post_body = request.args.get("X-Atmosphere-Post-Body")
+    if request.method == "POST" or post_body is not None:
+        return _message(atmosphere, route, params, post_body)
+    if transport in ("long-polling", "polling", "jsonp"):
+        connection, new = _connection_for(atmosphere, route, params, transport)
+        callback = request.args.get("jsonpTransport", "atmosphere") if transport == "jsonp" else None
+        return longpolling.serve(connection, new, request.environ, callback)
+    if transport == "streaming":
+        connection, new = _connection_for(atmosphere, route, params, transport)
+        return streaming.serve(connection, new, request.environ)
+    if transport == "sse":
+        connection, new = _connection_for(atmosphere, route, params, transport)
+        return sse.serve(connection, new, request.environ, request.headers.get("Last-Event-ID"))
+    if transport == "websocket" or request.headers.get("Upgrade", "").lower() == "websocket":
+        # Not upgraded: the server has no WebSocket support (§8.1); clients fall back.
+        return error_response(501, "Websocket protocol not supported")
+    return error_response(400, "an atmosphere route needs a WebSocket upgrade or "
+                               "X-Atmosphere-Transport")
 
 
-def _uuid_for(atmosphere: "Atmosphere", tracking_id: str) -> str:
-    """The client's uuid: its tracking id when it brings a valid one that no
-    live connection holds (a reconnect), else a fresh one; an unknown tracking
-    id is never an error (§2.6, §8.1)."""
-    if valid_tracking_id(tracking_id) and atmosphere.registry.get(tracking_id) is None:
-        return tracking_id
-    return new_tracking_id()
+def _connection_for(atmosphere: "Atmosphere", route: "Route", params: AtmosphereParams,
+                    transport: str, resume: bool = True) -> tuple[Connection, bool]:
+    """The live client this request resumes, or a new one: ``(connection, new)``.
 
-
-def _connect_request(transport: str) -> ConnectRequest:
-    return ConnectRequest(
+    A tracking id of a live client of this path resumes it (and, with
+    ``resume``, the request's parameters become the client's: a reconnect
+    may bring another transport). A valid tracking id nobody holds is adopted
+    as the new client's uuid, as Java does; anything else gets a fresh uuid4
+    (§2.6).
+    """
+    tracking_id = params.tracking_id
+    existing = atmosphere.registry.get(tracking_id) if tracking_id != "0" else None
+    if existing is not None and existing.path == request.path and not existing.finished:
+        if resume:
+            existing.params = params
+        return existing, False
+    uuid = tracking_id if valid_tracking_id(tracking_id) and existing is None else new_tracking_id()
+    request_info = ConnectRequest(
         path=request.path,
         view_args=dict(request.view_args or {}),
         args={k: v for k, v in request.args.items() if k.lower() not in PROTOCOL_PARAMS},
@@ -73,10 +103,55 @@ def _connect_request(transport: str) -> ConnectRequest:
         remote_addr=request.remote_addr,
         transport=transport,
     )
+    connection = Connection(atmosphere, current_app._get_current_object(), route, uuid, params,
+                            request_info, session)
+    return connection, True
 
 
-def _error(status: int, reason: str) -> Response:
-    """An error answer: a one-line reason in the body and in
-    ``X-Atmosphere-error``, as the Java server sends it (§8.1)."""
-    return Response(reason + "\n", status=status, mimetype="text/plain",
-                    headers={"X-Atmosphere-error": reason})
+def _message(atmosphere: "Atmosphere", route: "Route", params: AtmosphereParams,
+             post_body: str | None) -> Response:
+    """One message upstream (§4.6): a POST body, or JSONP's
+    ``X-Atmosphere-Post-Body``. Decoded as UTF-8 whatever the Content-Type
+    says (Appendix C). Answered with an empty 200 once ``receive`` is done."""
+    limit = atmosphere.settings().max_message_size
+    if post_body is not None:
+        text = post_body
+    else:
+        if (request.content_length or 0) > limit:
+            return _too_big(limit)
+        data = request.stream.read(limit + 1)
+        if len(data) > limit:
+            return _too_big(limit)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            log.info("refused a message to %s: not UTF-8", request.path)
+            return error_response(400, "the message is not UTF-8 text")
+    if len(text.encode("utf-8")) > limit:
+        return _too_big(limit)
+    connection, new = _connection_for(atmosphere, route, params, params.transport or "polling",
+                                      resume=False)
+    if new:
+        # A client nobody knows yet gets a fresh state, as Java does: it is
+        # opened here and waits for its own GET within the grace period (or
+        # ends at once if it cannot come back).
+        connection.open()
+        connection.inbound(text)
+        connection.detach(None)
+    else:
+        connection.inbound(text)
+    return Response("", mimetype="text/plain", headers=NO_CACHE)
+
+
+def _too_big(limit: int) -> Response:
+    log.info("refused a message to %s: more than %d bytes", request.path, limit)
+    return error_response(413, f"message larger than {limit} bytes")
+
+
+def _close(atmosphere: "Atmosphere", params: AtmosphereParams) -> Response:
+    """``X-Atmosphere-Transport=close`` (§4.7): the client leaves now; a held
+    request of it is answered. An unknown tracking id is fine too."""
+    connection = atmosphere.registry.get(params.tracking_id)
+    if connection is not None and connection.path == request.path:
+        connection.finish()
+    return Response("", mimetype="text/plain", headers=NO_CACHE)

@@ -12,7 +12,7 @@ import gevent
 from gevent.event import Event
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
 
-from ..connection import Connection
+from ..connection import Carrier, Connection
 from ..mailbox import CloseRequest
 from ..protocol import HEARTBEAT_PADDING, frame, handshake, handshake_due, heartbeat_interval
 from .geventws import MessageTooBig, abort, adopt
@@ -25,11 +25,13 @@ TEXT = 0x01
 PING = 0x09
 
 
-def serve(connection: Connection, ws) -> None:
-    """Run ``connection`` over the upgraded WebSocket ``ws`` until it ends.
+def serve(connection: Connection, new: bool, ws) -> None:
+    """Serve ``connection`` over the upgraded WebSocket ``ws`` until it ends.
 
     Args:
-        connection: the new (not yet registered) connection.
+        connection: the client's connection.
+        new: whether the connection is new (it gets ``Connected``) or a
+            client reconnecting with its tracking id.
         ws: gevent-websocket's ``WebSocket`` from ``environ["wsgi.websocket"]``.
     """
     settings = connection.atmosphere.settings(connection.app)
@@ -41,41 +43,51 @@ def serve(connection: Connection, ws) -> None:
             ws.send_frame(frame(hello, connection.track), TEXT)
         except WebSocketError:
             return  # gone before it started: no client, no events
+    carrier = Carrier(lambda: abort(ws))
+    connection.attach(carrier)
     reader_done = Event()
-    writer = gevent.spawn(_write, connection, ws, reader_done, settings.close_timeout,
+    writer = gevent.spawn(_write, connection, carrier, ws, reader_done, settings.close_timeout,
                           heartbeat_interval(settings.heartbeat_interval, params.heartbeat_server))
-    error = None
+    gone, error = False, None
     try:
-        connection.open()
-        error = _read(connection, ws)
+        if new:
+            connection.open()
+        gone, error = _read(connection, ws)
     finally:
         reader_done.set()
-        connection.finish(error)
+        superseded = connection.carrier is not carrier
+        connection.detach(carrier, gone=gone, error=error)
+        if not superseded:
+            connection.mailbox.interrupt()  # a writer still waiting: stop
         writer.join(settings.close_timeout + 1)
         writer.kill()
 
 
-def _read(connection: Connection, ws) -> BaseException | None:
-    """Feed inbound messages to ``connection`` until the WebSocket ends;
-    return the error that ended it, if any."""
+def _read(connection: Connection, ws) -> tuple[bool, BaseException | None]:
+    """Feed inbound messages to ``connection`` until the WebSocket ends.
+
+    Returns:
+        ``(gone, error)``: ``gone`` if the peer closed deliberately (a close
+        frame), ``error`` what ended it otherwise.
+    """
     while True:
         try:
             message = ws.read_message()
         except MessageTooBig as exc:
-            return _refuse(connection, 1009, "message too big", exc)
+            return True, _refuse(connection, 1009, "message too big", exc)
         except UnicodeError as exc:
-            return _refuse(connection, 1007, "invalid UTF-8", exc)
+            return True, _refuse(connection, 1007, "invalid UTF-8", exc)
         except ProtocolError as exc:
-            return _refuse(connection, 1002, "protocol error", exc)
-        except OSError as exc:  # WebSocketError too: the peer is gone
-            return exc
+            return True, _refuse(connection, 1002, "protocol error", exc)
+        except OSError as exc:  # WebSocketError too: the connection is lost
+            return False, exc
         if message is None:  # a close frame
-            return None
+            return True, None
         if not isinstance(message, str):
             try:
                 message = bytes(message).decode("utf-8")
             except UnicodeError as exc:
-                return _refuse(connection, 1007, "binary message is not UTF-8 text", exc)
+                return True, _refuse(connection, 1007, "binary message is not UTF-8 text", exc)
         connection.inbound(message)
 
 
@@ -86,10 +98,11 @@ def _refuse(connection: Connection, code: int, reason: str, error: BaseException
     return error
 
 
-def _write(connection: Connection, ws, reader_done: Event, close_timeout: float,
+def _write(connection: Connection, carrier: Carrier, ws, reader_done: Event, close_timeout: float,
            heartbeat: float | None) -> None:
     """Write what the mailbox gives, a heartbeat after ``heartbeat`` seconds
-    without a write, and the close frame once the mailbox closes."""
+    without a write, and a close frame once the mailbox closes or another
+    request takes the client over."""
     mailbox = connection.mailbox
     track = connection.track
     if connection.params.is_atmosphere:
@@ -100,14 +113,23 @@ def _write(connection: Connection, ws, reader_done: Event, close_timeout: float,
         while True:
             batch = mailbox.take(heartbeat)
             if batch is None:
+                request = mailbox.close_request
+                ws.close(request.code, request.reason)
+                break
+            if not connection.serves(carrier):
+                if reader_done.is_set():
+                    return
+                ws.close(1000, "superseded")
                 break
             if not batch:
                 ws.send_frame(beat, beat_opcode)
                 continue
-            for outbound in batch:
-                ws.send_frame(outbound.encoded(track), TEXT)
-        request = mailbox.close_request
-        ws.close(request.code, request.reason)
+            for index, (_, outbound) in enumerate(batch):
+                try:
+                    ws.send_frame(outbound.encoded(track), TEXT)
+                except WebSocketError:
+                    mailbox.requeue(batch[index:])  # for the client's next request
+                    raise
     except WebSocketError:
         if not ws.closed:
             abort(ws)  # a dead peer: wake the reader

@@ -1,0 +1,79 @@
+"""What the HTTP transports share: response headers, a response whose
+headers go out at once and whose body is written as it comes, and error answers.
+"""
+from __future__ import annotations
+
+import socket
+from typing import Callable
+
+from flask import Response  # not werkzeug's: Flask would recast it (force_type)
+
+__all__ = ["NO_CACHE", "LiveResponse", "error_response", "socket_abort"]
+
+#: Headers of every transport response: no caching (as the Java server's
+#: CacheHeadersInterceptor, §4), and no buffering by an nginx in front.
+NO_CACHE = {
+    "Cache-Control": "no-store, no-cache, must-revalidate",
+    "Pragma": "no-cache",
+    "Expires": "-1",
+    "X-Accel-Buffering": "no",
+}
+
+
+class LiveResponse(Response):
+    """A response that sends its status and headers at once, then lets
+    ``body(write)`` write the body piece by piece with the WSGI ``write``
+    callable (PEP 3333). A failed write raises ``OSError`` inside ``body``,
+    so the transport knows exactly what reached the socket.
+
+    gevent's pywsgi skips empty chunks yielded by an app and so cannot send
+    headers before the first byte of body; its ``write(b"")`` does (§4.2).
+
+    Args:
+        body: ``body(write)``, called after the headers are sent;
+            ``write(bytes)`` sends one chunk.
+        done: called once the response is over, whether ``body`` ran, ended,
+            or failed (the peer may be gone before the headers went out).
+        **kwargs: as for ``werkzeug.wrappers.Response`` (status, mimetype, headers).
+    """
+
+    def __init__(self, body: Callable[[Callable[[bytes], None]], None],
+                 done: Callable[[], None], **kwargs):
+        headers = dict(NO_CACHE)
+        headers.update(kwargs.pop("headers", {}))
+        # An iterator, not a list: no Content-Length, so the body is chunked.
+        super().__init__(iter(()), headers=headers, **kwargs)
+        self._body = body
+        self._done = done
+
+    def __call__(self, environ, start_response):
+        status, headers = self.get_wsgi_response(environ)[1:]
+        try:
+            write = start_response(status, headers)
+            write(b"")
+            self._body(write)
+        except OSError:
+            pass  # the peer is gone
+        finally:
+            self._done()
+        return []
+
+
+def error_response(status: int, reason: str) -> Response:
+    """An error answer: a one-line reason in the body and in
+    ``X-Atmosphere-error``, as the Java server sends it (§8.1)."""
+    return Response(reason + "\n", status=status, mimetype="text/plain",
+                    headers={"X-Atmosphere-error": reason, **NO_CACHE})
+
+
+def socket_abort(environ) -> Callable[[], None]:
+    """A function that shuts down the socket of the request ``environ``
+    (gevent's pywsgi keeps it on ``wsgi.input``), waking a blocked write."""
+    sock = getattr(environ.get("wsgi.input"), "socket", None)
+
+    def abort():
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+    return abort

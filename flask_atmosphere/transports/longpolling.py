@@ -1,0 +1,81 @@
+"""Long-polling (§4.2) and its script-tag form, JSONP (§4.5).
+
+Each GET is held until there is something to say, then completed: with
+every queued message (each length-framed) when the client tracks message
+sizes, else with just one, since an untracked client would read several as
+one (Appendix C); with a heartbeat after a quiet period. Between two polls
+the client's mailbox keeps filling; the next poll gets it all, in order.
+
+The first request with tracking id ``0`` and ``X-atmo-protocol`` gets only the
+handshake, as its whole body (§2.3); the client is registered (and gets
+``Connected``) right then, so nothing broadcast before its next poll is lost.
+"""
+from __future__ import annotations
+
+import re
+
+import simplejson
+from flask import Response  # not werkzeug's: Flask would recast it (force_type)
+
+from ..connection import Carrier, Connection
+from ..protocol import HEARTBEAT_PADDING, frame, handshake, heartbeat_interval
+from .http import NO_CACHE, LiveResponse, socket_abort
+
+__all__ = ["serve"]
+
+_NOT_A_NAME = re.compile(r"[^A-Za-z0-9]")
+
+
+def serve(connection: Connection, new: bool, environ, jsonp_callback: str | None = None):
+    """Serve one poll of ``connection``.
+
+    Args:
+        connection: the client; ``new`` if it gets ``Connected``.
+        environ: the WSGI environ of the request.
+        jsonp_callback: the ``jsonpTransport`` parameter for JSONP, else ``None``.
+    """
+    settings = connection.atmosphere.settings(connection.app)
+    params = connection.params
+    track = connection.track
+    content_type = ("text/plain; charset=utf-8" if jsonp_callback is None
+                    else "application/javascript; charset=utf-8")
+    carrier = Carrier(socket_abort(environ))
+    connection.attach(carrier)
+    if new:
+        connection.open()
+
+    if params.protocol and params.tracking_id == "0":
+        hello = frame(handshake(connection.uuid, int(settings.client_heartbeat_interval * 1000)), track)
+        connection.detach(carrier)  # it polls again at once, with its uuid
+        return Response(_encode(hello, jsonp_callback), content_type=content_type, headers=NO_CACHE)
+
+    heartbeat = heartbeat_interval(settings.heartbeat_interval, params.heartbeat_server)
+    mailbox = connection.mailbox
+    failure: list = []
+
+    def body(write) -> None:
+        batch = mailbox.take(heartbeat, limit=None if track else 1)
+        if batch is None or (not batch and not connection.serves(carrier)):
+            return  # closed, or another poll took over: an empty answer
+        text = "".join(frame(outbound.text, track) for _, outbound in batch) \
+            if batch else frame(HEARTBEAT_PADDING, track)
+        try:
+            write(_encode(text, jsonp_callback))
+        except OSError as exc:
+            mailbox.requeue(batch)
+            failure.append(exc)
+            raise
+
+    def done() -> None:
+        connection.detach(carrier, error=failure[0] if failure else None)
+
+    return LiveResponse(body, done, content_type=content_type)
+
+
+def _encode(text: str, jsonp_callback: str | None) -> bytes:
+    if jsonp_callback is None:
+        return text.encode("utf-8")
+    # The Java server's JSONPAtmosphereInterceptor body; JSON string escaping
+    # is valid JavaScript (U+2028 and U+2029 escaped too).
+    name = _NOT_A_NAME.sub("", jsonp_callback)
+    return f'{name}({{"message" : {simplejson.dumps(text)}}});'.encode("utf-8")

@@ -1,0 +1,104 @@
+"""HTTP streaming (§4.3): one GET whose response stays open, a chunk per write.
+
+:func:`pump` is the loop that SSE shares: wait on the mailbox, write each
+message as one chunk (flushed at once), a heartbeat after a quiet period.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..connection import Carrier, Connection
+from ..mailbox import Outbound
+from ..protocol import HEARTBEAT_PADDING, frame, handshake, handshake_due, heartbeat_interval
+from .http import LiveResponse, socket_abort
+
+__all__ = ["serve", "pump", "open_stream"]
+
+Write = Callable[[bytes], None]
+
+
+def pump(connection: Connection, carrier: Carrier, write: Write,
+         encode: Callable[[int, Outbound], bytes], beat: bytes, heartbeat: float | None,
+         keep: bool = False) -> None:
+    """Write what the mailbox gives until it closes or another request takes
+    the client over.
+
+    Args:
+        connection: the client.
+        carrier: this request.
+        write: sends one chunk; raises ``OSError`` when the peer is gone.
+        encode: ``encode(seq, message)``, the bytes of one message.
+        beat: the bytes of a heartbeat.
+        heartbeat: seconds without a write before a heartbeat; ``None``: never.
+        keep: remember what was written (for a resume from ``Last-Event-ID``).
+    Raises:
+        OSError: a write failed; what was not written is queued again.
+    """
+    mailbox = connection.mailbox
+    while connection.serves(carrier):
+        batch = mailbox.take(heartbeat, keep=keep)
+        if batch is None:
+            return
+        if not batch:
+            if connection.serves(carrier):
+                write(beat)
+            continue
+        for index, (seq, outbound) in enumerate(batch):
+            try:
+                write(encode(seq, outbound))
+            except OSError:
+                mailbox.requeue(batch[index:])
+                raise
+
+
+def open_stream(connection: Connection, new: bool, environ, mimetype: str,
+                encode: Callable[[int, Outbound], bytes], encode_text: Callable[[str], bytes],
+                keep: bool = False) -> LiveResponse:
+    """The response of a streaming transport: handshake (if due, §2.3), then
+    the pumped messages and heartbeats, each as one flushed chunk.
+
+    Args:
+        connection: the client; ``new`` if it gets ``Connected``.
+        environ: the WSGI environ of the request.
+        mimetype: the response's media type.
+        encode: the bytes of one queued message (see :func:`pump`).
+        encode_text: the bytes of one write of plain text (handshake, heartbeat).
+        keep: as for :func:`pump`.
+    """
+    settings = connection.atmosphere.settings(connection.app)
+    carrier = Carrier(socket_abort(environ))
+    connection.attach(carrier)
+    if new:
+        connection.open()
+    track = connection.track
+    hello = None
+    if handshake_due(connection.params):
+        hello = encode_text(frame(handshake(connection.uuid,
+                                            int(settings.client_heartbeat_interval * 1000)), track))
+    beat = encode_text(frame(HEARTBEAT_PADDING, track))
+    error: list = []
+
+    def body(write: Write) -> None:
+        try:
+            if hello is not None:
+                write(hello)  # its own chunk, before anything else (§2.3)
+            pump(connection, carrier, write, encode, beat,
+                 heartbeat_interval(settings.heartbeat_interval, connection.params.heartbeat_server),
+                 keep)
+        except OSError as exc:
+            error.append(exc)
+            raise
+
+    def done() -> None:
+        connection.detach(carrier, error=error[0] if error else None)
+
+    return LiveResponse(body, done, mimetype=mimetype)
+
+
+def serve(connection: Connection, new: bool, environ):
+    """Serve ``connection`` with HTTP streaming: ``text/plain``, each write
+    (length-framed if asked) as one chunk."""
+    track = connection.track
+    return open_stream(connection, new, environ, "text/plain",
+                       lambda seq, outbound: outbound.encoded(track),
+                       lambda text: text.encode("utf-8"))

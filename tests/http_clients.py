@@ -1,0 +1,162 @@
+"""Small Atmosphere clients over HTTP for the tests: long-polling, streaming
+and SSE, written from the protocol description, with the same framing
+decoder as the browser clients (§3.2)."""
+from __future__ import annotations
+
+import queue
+import re
+import threading
+from urllib.parse import urlencode
+
+import requests
+
+from conftest import TIMEOUT
+
+
+class Decoder:
+    """The clients' length-tracking parser: ``<utf16 length>|<text>``, messages
+    split across reads reassembled, heartbeats (``X``) dropped."""
+
+    def __init__(self, track: bool = True):
+        self.track = track
+        self.partial = ""
+
+    def feed(self, text: str) -> list[str]:
+        if not self.track:
+            return [] if text in ("", "X") else [text]
+        data = self.partial + text
+        out = []
+        while "|" in data:
+            head, _, rest = data.partition("|")
+            n = int(head)
+            units = rest.encode("utf-16-le")
+            if len(units) < 2 * n:
+                break
+            out.append(units[: 2 * n].decode("utf-16-le"))
+            data = units[2 * n:].decode("utf-16-le")
+        self.partial = data
+        return [m for m in out if m != "X"]
+
+
+def params(transport: str, tracking_id: str = "0", track: bool = True, protocol: bool = True,
+           framework: str = "5.0.7") -> dict:
+    query = {"X-Atmosphere-tracking-id": tracking_id, "X-Atmosphere-Framework": framework,
+             "X-Atmosphere-Transport": transport}
+    if track:
+        query["X-Atmosphere-TrackMessageSize"] = "true"
+    if protocol:
+        query["X-atmo-protocol"] = "true"
+    return query
+
+
+class PollClient:
+    """A long-polling client: the first GET gets the handshake, then
+    :meth:`poll` returns the messages of one held GET."""
+
+    def __init__(self, base: str, path: str, track: bool = True, framework: str = "5.0.7"):
+        self.http = requests.Session()
+        self.url = base + path
+        self.track = track
+        self.framework = framework
+        first = self.http.get(self.url, params=params("long-polling", track=track, framework=framework),
+                              timeout=TIMEOUT)
+        first.raise_for_status()
+        self.handshake_response = first
+        hello = Decoder(track).feed(first.text) if track else [first.text]
+        self.uuid = hello[0].split("|")[0]
+
+    def query(self, transport: str = "long-polling") -> dict:
+        return params(transport, self.uuid, self.track, framework=self.framework)
+
+    def poll(self) -> list[str]:
+        response = self.http.get(self.url, params=self.query(), timeout=TIMEOUT)
+        response.raise_for_status()
+        return Decoder(self.track).feed(response.text)
+
+    def poll_until(self, count: int) -> list[str]:
+        got: list[str] = []
+        while len(got) < count:
+            got += self.poll()
+        return got
+
+    def post(self, text: str, **kwargs) -> requests.Response:
+        return self.http.post(self.url, params=self.query(), data=text.encode("utf-8"),
+                              timeout=TIMEOUT, **kwargs)
+
+    def close(self) -> requests.Response:
+        return self.http.get(self.url, params={"X-Atmosphere-Transport": "close",
+                                               "X-Atmosphere-tracking-id": self.uuid},
+                             timeout=TIMEOUT)
+
+
+class StreamClient:
+    """A streaming or SSE client reading its response in a thread; messages
+    land in :attr:`messages` (a queue) as they arrive."""
+
+    def __init__(self, base: str, path: str, transport: str = "streaming", track: bool = True,
+                 tracking_id: str = "0", headers: dict | None = None, framework: str = "5.0.7"):
+        self.transport = transport
+        self.url = base + path
+        self.messages: queue.Queue = queue.Queue()
+        self.event_ids: list[str] = []
+        self.decoder = Decoder(track)
+        self.track = track
+        self.framework = framework
+        self.response = requests.get(self.url, params=params(transport, tracking_id, track,
+                                                             framework=framework),
+                                     stream=True, timeout=TIMEOUT, headers=headers or {})
+        self.response.raise_for_status()
+        self.uuid = tracking_id if tracking_id != "0" else None
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        if self.uuid is None:
+            self.uuid = self.next().split("|")[0]
+
+    def _read(self) -> None:
+        try:
+            if self.transport == "sse":
+                self._read_sse()
+            else:
+                for chunk in self.response.iter_content(chunk_size=None, decode_unicode=False):
+                    for message in self.decoder.feed(chunk.decode("utf-8")):
+                        self.messages.put(message)
+        except (requests.RequestException, OSError, ValueError):
+            pass
+        finally:
+            self.messages.put(None)  # the end of the stream
+
+    def _read_sse(self) -> None:
+        """An EventSource's parser: lines end with CRLF, LF or CR; an empty
+        line ends an event; its data lines are joined with LF."""
+        buffer, data = "", []
+        for chunk in self.response.iter_content(chunk_size=None):
+            buffer += chunk.decode("utf-8")
+            *lines, buffer = re.split(r"\r\n|\r(?!$)|\n", buffer)
+            for line in lines:
+                if line == "":
+                    if data:
+                        for message in self.decoder.feed("\n".join(data)):
+                            self.messages.put(message)
+                    data = []
+                elif line.startswith("data:"):
+                    data.append(line[5:])
+                elif line.startswith("id:"):
+                    self.event_ids.append(line[3:])
+
+    def next(self) -> str | None:
+        return self.messages.get(timeout=TIMEOUT)
+
+    def take(self, count: int) -> list[str]:
+        return [self.next() for _ in range(count)]
+
+    def post(self, text: str) -> requests.Response:
+        return requests.post(self.url, params=params(self.transport, self.uuid, self.track,
+                                                     framework=self.framework),
+                             data=text.encode("utf-8"), timeout=TIMEOUT)
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def query_string(**kwargs) -> str:
+    return urlencode(kwargs)
