@@ -60,12 +60,18 @@ class Broadcaster:
         self._thread_id = None
         backplane.start(self.deliver)
 
-    def attach(self, hub) -> None:
+    def attach(self, hub, replace: bool = False) -> None:
         """Adopt ``hub`` (a ``gevent.hub.Hub``) as the one that owns the
-        connections. Called from that hub's thread when serving starts."""
-        if self._loop is None:
+        connections, unless one is adopted already and not ``replace``.
+        Called from that hub's thread when serving starts."""
+        if self._loop is None or replace:
             self._loop = hub.loop
             self._thread_id = _native_thread_id()
+
+    def detach(self, hub) -> None:
+        """Forget ``hub`` if it is the adopted one (its server stopped)."""
+        if self._loop is hub.loop:
+            self._loop = self._thread_id = None
 
     def call(self, fn: Callable, *args) -> None:
         """Run ``fn(*args)`` on the hub thread: now if this is that thread (or

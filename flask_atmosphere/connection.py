@@ -38,12 +38,18 @@ log = logging.getLogger("flask_atmosphere")
 
 
 class Carrier:
-    """One request serving a connection. ``abort`` cuts it at once (set by
-    the transport when it can, e.g. by shutting its socket down)."""
-    __slots__ = ("abort",)
+    """One request serving a connection.
+
+    Attributes:
+        abort: cuts the request at once (set by the transport when it can,
+            e.g. by shutting its socket down).
+        lost: the peer went away (seen by the transport); it serves no more.
+    """
+    __slots__ = ("abort", "lost")
 
     def __init__(self, abort: Callable[[], None] | None = None):
         self.abort = abort or (lambda: None)
+        self.lost = False
 
 
 class Connection:
@@ -73,6 +79,7 @@ class Connection:
         self.mailbox = Mailbox(settings.mailbox_max_messages, settings.mailbox_max_bytes)
         self.carrier: Carrier | None = None
         self._lock = Semaphore()
+        self._opened = False     # Connected was delivered
         self._finished = False   # Disconnected is decided (delivered or on its way)
         self._grace_timer = None
         client: "AtmosphereClient" = route.client_class()
@@ -147,7 +154,14 @@ class Connection:
 
     def serves(self, carrier: Carrier) -> bool:
         """Whether ``carrier`` is still the request serving the client."""
-        return self.carrier is carrier and not self._finished
+        return self.carrier is carrier and not carrier.lost and not self._finished
+
+    def lost(self, carrier: Carrier) -> None:
+        """The peer of ``carrier`` went away: it stops waiting for messages
+        (which stay queued for the client's next request)."""
+        carrier.lost = True
+        if self.carrier is carrier:
+            self.mailbox.interrupt()
 
     def detach(self, carrier: Carrier, gone: bool = False, error: BaseException | None = None) -> None:
         """``carrier`` has ended. The client is gone now if it said so
@@ -177,6 +191,7 @@ class Connection:
     def open(self) -> None:
         """Register the client, then deliver ``Connected``."""
         self.atmosphere.registry.add(self)
+        self._opened = True
         self.dispatch(Connected())
 
     def inbound(self, text: str) -> None:
@@ -212,11 +227,15 @@ class Connection:
 
         It is ``ServerDisconnected`` if the server asked to close (``close``,
         a full mailbox, shutdown), else ``ClientDisconnected``; ``error`` is
-        what ended the connection, if anything did.
+        what ended the connection, if anything did. A client that never got
+        ``Connected`` gets no ``Disconnected`` either.
         """
         if self._finished:
             return
         self._finished = True
+        if not self._opened:
+            self.mailbox.close(CloseRequest(1000, "", drain=False, error=error))
+            return
         if self._grace_timer is not None:
             self._grace_timer.close()
             self._grace_timer = None

@@ -133,8 +133,9 @@ class Atmosphere:
             return transports.serve(self, route)
         view.__name__ = route.endpoint
         # Werkzeug matches WebSocket upgrades only against websocket rules.
-        target.add_url_rule(route.rule, route.endpoint, view, methods=["GET"], websocket=True)
+        # The HTTP rule comes first, so that url_for() builds an http URL.
         target.add_url_rule(route.rule, route.endpoint, view, methods=["GET", "POST"])
+        target.add_url_rule(route.rule, route.endpoint, view, methods=["GET"], websocket=True)
 
     def error_handler(self, handler: Callable[[AtmosphereClient, BaseException], Any]):
         """Register ``handler(client, exception)``, called (in the app context)

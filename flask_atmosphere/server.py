@@ -14,9 +14,24 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-__all__ = ["AtmosphereServer"]
+__all__ = ["AtmosphereServer", "AtmosphereHandler", "SOCKET_KEY"]
 
 log = logging.getLogger("flask_atmosphere")
+
+#: The WSGI environ key under which :class:`AtmosphereHandler` puts the
+#: request's socket, so that HTTP transports can see a peer leave while a
+#: response is held and can cut a peer that stopped reading.
+SOCKET_KEY = "flask_atmosphere.socket"
+
+
+class AtmosphereHandler(WebSocketHandler):
+    """gevent-websocket's handler, which also shows the request's socket to
+    the app (under :data:`SOCKET_KEY`)."""
+
+    def get_environ(self):
+        environ = super().get_environ()
+        environ[SOCKET_KEY] = self.socket
+        return environ
 
 
 class AtmosphereServer:
@@ -38,7 +53,7 @@ class AtmosphereServer:
             raise RuntimeError("the app has no Atmosphere: call Atmosphere(app) first") from None
         self.app = app
         self._stopped = Event()
-        self.wsgi = WSGIServer((host, port), app, handler_class=WebSocketHandler,
+        self.wsgi = WSGIServer((host, port), app, handler_class=AtmosphereHandler,
                                log=logging.getLogger("flask_atmosphere.access"),
                                error_log=logging.getLogger("flask_atmosphere.server"))
 
@@ -50,7 +65,7 @@ class AtmosphereServer:
     def start(self) -> None:
         """Start listening; connections are served on this thread's hub."""
         self.wsgi.start()
-        self.atmosphere.broadcaster.attach(gevent.get_hub())
+        self.atmosphere.broadcaster.attach(gevent.get_hub(), replace=True)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, close every connection (see ``Atmosphere.shutdown``)
@@ -58,6 +73,7 @@ class AtmosphereServer:
         self.wsgi.close()
         self.atmosphere.shutdown(timeout)
         self.wsgi.stop(timeout=1)
+        self.atmosphere.broadcaster.detach(gevent.get_hub())
         self._stopped.set()
 
     def serve_forever(self) -> None:

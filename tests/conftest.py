@@ -60,6 +60,15 @@ class LiveServer:
             raise value
         return value
 
+    def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()``, run on the server's hub, is true: for
+        server state that announces nothing (a stream seen closed)."""
+        def poll():
+            with gevent.Timeout(TIMEOUT, AssertionError(f"never true: {predicate}")):
+                while not predicate():
+                    gevent.sleep(0.005)
+        self.call(poll)
+
     def stop(self, timeout: float = 5) -> None:
         def stop():
             self.server.stop(timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import re
+import socket
 import threading
 from urllib.parse import urlencode
 
@@ -106,6 +107,7 @@ class StreamClient:
                                                              framework=framework),
                                      stream=True, timeout=TIMEOUT, headers=headers or {})
         self.response.raise_for_status()
+        self._socket = self.response.raw._connection.sock
         self.uuid = tracking_id if tracking_id != "0" else None
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -155,6 +157,13 @@ class StreamClient:
                              data=text.encode("utf-8"), timeout=TIMEOUT)
 
     def close(self) -> None:
+        """Drop the connection, as a browser closing the page would (the
+        reading thread is woken by the shutdown)."""
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._thread.join(TIMEOUT)
         self.response.close()
 
 

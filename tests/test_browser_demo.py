@@ -96,6 +96,6 @@ def test_two_browsers_chat_over_websocket(live, open_page):
     run_chat(live, open_page, "", "websocket")
 
 
-@pytest.mark.xfail(reason="long-polling transport not built yet", strict=False)
-def test_two_browsers_chat_over_long_polling(live, open_page):
-    run_chat(live, open_page, "?transport=long-polling", "long-polling")
+@pytest.mark.parametrize("transport", ["sse", "streaming", "long-polling"])
+def test_two_browsers_chat_over_a_forced_fallback_transport(live, open_page, transport):
+    run_chat(live, open_page, f"?transport={transport}", transport)

@@ -44,6 +44,12 @@ def make_app(recorder, **config):
                 case TextMessage(text):
                     self.send(text)
 
+    class Quiet(AtmosphereClient):
+        """Records what it gets and answers nothing."""
+        def receive(self, event):
+            recorder.add((self.uuid, event))
+
+    atmosphere.route("/quiet")(Quiet)
     atmosphere.route("/chat")(Recording)
     atmosphere.route("/chatroom", endpoint="chatroom")(Recording)
     atmosphere.route("/rooms/<room>", endpoint="rooms")(Recording)

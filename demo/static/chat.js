@@ -101,7 +101,7 @@
     event.preventDefault();
     const input = $('message');
     const message = input.value.trim();
-    if (!message || !client) return;
+    if (!message || !client || client.state === 'closed') return;
     client.send({ author: name, message: message });
     addLine(name, message, Date.now(), 'mine'); // the server does not echo it
     input.value = '';

@@ -144,6 +144,7 @@
       this.client = client;
       this.name = name;
       this.open = false; // set by the client once the handshake arrived
+      this.up = false;   // the transport itself is connected (socket open, headers in)
       this.dead = false;
     }
 
@@ -180,6 +181,7 @@
       url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
       const ws = (this.ws = new WebSocket(url.href));
       ws.binaryType = 'arraybuffer';
+      ws.onopen = () => { this.up = true; };
       ws.onmessage = event => {
         if (typeof event.data === 'string') this.received(event.data);
         else if (!this.dead) this.client._emit('message', event.data); // binary: untouched
@@ -210,6 +212,7 @@
       const es = (this.es = new EventSource(this.url(), {
         withCredentials: this.client.options.withCredentials,
       }));
+      es.onopen = () => { this.up = true; };
       es.onmessage = event => this.received(event.data);
       // EventSource would reconnect by itself, without our tracking id and
       // backoff, so any error ends this link and the client decides (§4.4).
@@ -235,6 +238,7 @@
     async _run() {
       const response = await fetch(this.url(), this.client._fetchOptions('GET', this.abort));
       if (!response.ok || !response.body) throw new Error('HTTP ' + response.status);
+      this.up = true;
       const reader = response.body.getReader();
       // stream: true keeps a UTF-8 sequence split between chunks intact.
       const decoder = new TextDecoder();
@@ -268,6 +272,12 @@
         // url() each time: the tracking id changes after the handshake (§2.6).
         const response = await fetch(this.url(), this.client._fetchOptions('GET', this.abort));
         if (!response.ok) throw new Error('HTTP ' + response.status);
+        this.up = true;
+        // With a tracking id, the server does not answer with a handshake but
+        // holds the poll until it has something to say, which may take long.
+        // Like the 5.x client, count the link as open once the headers are in
+        // (servers flush them at once, §4.2).
+        if (!this.open && this.client.uuid !== '0') this.client._linkOpened(this);
         const body = await response.text();
         if (this.dead) return;
         if (body !== '') this.received(body); // an empty body: a timeout, poll again
@@ -506,8 +516,13 @@
       this._padding = DEFAULT_PADDING;
       const link = (this._link = new LINKS[name](this, name));
       if (this.options.connectTimeout > 0) {
-        this._setTimer('connect', () => link.failed('no handshake within ' +
-          this.options.connectTimeout + ' ms'), this.options.connectTimeout);
+        this._setTimer('connect', () => {
+          // On a reconnect (we have a tracking id) a server may skip the
+          // handshake (the Java server never resends it, §2.7): a transport
+          // that is up is then open. Otherwise it failed to open.
+          if (link.up && this.uuid !== '0') this._linkOpened(link);
+          else link.failed('no handshake within ' + this.options.connectTimeout + ' ms');
+        }, this.options.connectTimeout);
       }
       try {
         link.start();

@@ -6,9 +6,13 @@ from __future__ import annotations
 import socket
 from typing import Callable
 
+import gevent
+
 from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
-__all__ = ["NO_CACHE", "LiveResponse", "error_response", "socket_abort"]
+from ..server import SOCKET_KEY
+
+__all__ = ["NO_CACHE", "LiveResponse", "error_response", "socket_abort", "watch_eof"]
 
 #: Headers of every transport response: no caching (as the Java server's
 #: CacheHeadersInterceptor, §4), and no buffering by an nginx in front.
@@ -66,10 +70,38 @@ def error_response(status: int, reason: str) -> Response:
                     headers={"X-Atmosphere-error": reason, **NO_CACHE})
 
 
+def watch_eof(environ, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback()`` once if the peer of the request closes its end of
+    the socket while the response is held or streaming (nothing else is read
+    from it then, so readable means EOF). Returns a function that stops
+    watching. Without the socket (a server other than
+    ``AtmosphereHandler``'s) it does nothing: a write then finds the peer gone.
+    """
+    sock = environ.get(SOCKET_KEY)
+    if sock is None:
+        return lambda: None
+    watcher = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
+
+    def check():
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            data = b""
+        if not data:
+            callback()
+
+    def readable():
+        watcher.stop()  # once: a pipelined request is no EOF, and no busy loop
+        gevent.spawn(check)
+
+    watcher.start(readable)
+    return watcher.close
+
+
 def socket_abort(environ) -> Callable[[], None]:
-    """A function that shuts down the socket of the request ``environ``
-    (gevent's pywsgi keeps it on ``wsgi.input``), waking a blocked write."""
-    sock = getattr(environ.get("wsgi.input"), "socket", None)
+    """A function that shuts down the socket of the request ``environ``,
+    waking a blocked write (a no-op where the server does not show it)."""
+    sock = environ.get(SOCKET_KEY)
 
     def abort():
         try:

@@ -19,7 +19,7 @@ from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
 from ..connection import Carrier, Connection
 from ..protocol import HEARTBEAT_PADDING, frame, handshake, heartbeat_interval
-from .http import NO_CACHE, LiveResponse, socket_abort
+from .http import NO_CACHE, LiveResponse, socket_abort, watch_eof
 
 __all__ = ["serve"]
 
@@ -54,7 +54,11 @@ def serve(connection: Connection, new: bool, environ, jsonp_callback: str | None
     failure: list = []
 
     def body(write) -> None:
-        batch = mailbox.take(heartbeat, limit=None if track else 1)
+        stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
+        try:
+            batch = mailbox.take(heartbeat, limit=None if track else 1)
+        finally:
+            stop_watching()
         if batch is None or (not batch and not connection.serves(carrier)):
             return  # closed, or another poll took over: an empty answer
         text = "".join(frame(outbound.text, track) for _, outbound in batch) \

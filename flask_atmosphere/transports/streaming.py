@@ -10,7 +10,7 @@ from typing import Callable
 from ..connection import Carrier, Connection
 from ..mailbox import Outbound
 from ..protocol import HEARTBEAT_PADDING, frame, handshake, handshake_due, heartbeat_interval
-from .http import LiveResponse, socket_abort
+from .http import LiveResponse, socket_abort, watch_eof
 
 __all__ = ["serve", "pump", "open_stream"]
 
@@ -79,6 +79,7 @@ def open_stream(connection: Connection, new: bool, environ, mimetype: str,
     error: list = []
 
     def body(write: Write) -> None:
+        stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
         try:
             if hello is not None:
                 write(hello)  # its own chunk, before anything else (§2.3)
@@ -88,6 +89,8 @@ def open_stream(connection: Connection, new: bool, environ, mimetype: str,
         except OSError as exc:
             error.append(exc)
             raise
+        finally:
+            stop_watching()
 
     def done() -> None:
         connection.detach(carrier, error=error[0] if error else None)

@@ -37,14 +37,15 @@ def serve(connection: Connection, new: bool, ws) -> None:
     settings = connection.atmosphere.settings(connection.app)
     ws = adopt(ws, settings.max_message_size)
     params = connection.params
+    carrier = Carrier(lambda: abort(ws))
+    connection.attach(carrier)
     if handshake_due(params):
         hello = handshake(connection.uuid, int(settings.client_heartbeat_interval * 1000))
         try:
             ws.send_frame(frame(hello, connection.track), TEXT)
-        except WebSocketError:
-            return  # gone before it started: no client, no events
-    carrier = Carrier(lambda: abort(ws))
-    connection.attach(carrier)
+        except WebSocketError as exc:
+            connection.detach(carrier, error=exc)  # gone before it started
+            return
     reader_done = Event()
     writer = gevent.spawn(_write, connection, carrier, ws, reader_done, settings.close_timeout,
                           heartbeat_interval(settings.heartbeat_interval, params.heartbeat_server))

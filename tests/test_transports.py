@@ -1,0 +1,315 @@
+"""The HTTP transports against a real server: long-polling, JSONP, streaming
+and SSE, with the handshake, framing, heartbeats and nothing lost."""
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from conftest import ATMOSPHERE_PARAMS, TIMEOUT, WSClient
+from http_clients import Decoder, PollClient, StreamClient, params
+from test_websocket import events_of, make_app
+from flask_atmosphere import (ClientDisconnected, Connected, Disconnected, JsonMessage,
+                              TextMessage)
+
+
+@pytest.fixture
+def chat(live, recorder):
+    """(server, atmosphere, base url) for the recording test app."""
+    def start(**config):
+        app, atmosphere = make_app(recorder, **config)
+        server = live(app)
+        return server, atmosphere, f"http://127.0.0.1:{server.port}"
+    return start
+
+
+def greeting_of(messages):
+    return json.loads(messages[0])["hello"]
+
+
+# -- long-polling ------------------------------------------------------------
+
+def test_long_polling_handshake_is_the_whole_first_response(chat):
+    server, _, base = chat()
+    response = requests.get(base + "/chat", params=params("long-polling"), timeout=TIMEOUT)
+    assert response.status_code == 200
+    uuid = response.text.split("|")[1]
+    assert response.text == f"41|{uuid}|0|X|"
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert "no-cache" in response.headers["Cache-Control"]
+    assert response.headers["X-Accel-Buffering"] == "no"
+
+
+def test_long_polling_delivers_what_connected_sent_and_posts_go_upstream(chat, recorder):
+    server, atmosphere, base = chat()
+    client = PollClient(base, "/chat")
+    assert greeting_of(client.poll()) == client.uuid  # queued in Connected, before the first poll
+    assert client.post('{"a": 1}').status_code == 200
+    assert client.poll() == ['{"json":{"a":1}}']
+    assert [e for who, e in recorder.items if who == client.uuid][:2] == [Connected(), JsonMessage({"a": 1})]
+
+
+def test_a_held_poll_sends_its_headers_at_once(chat):
+    server, atmosphere, base = chat()
+    client = PollClient(base, "/quiet")
+    # stream=True returns as soon as the headers are in: with the poll still held.
+    held = client.http.get(client.url, params=client.query(), stream=True, timeout=TIMEOUT)
+    assert held.status_code == 200
+    atmosphere.broadcast("/quiet", "now")
+    assert Decoder().feed(held.raw.read().decode()) == ["now"]
+
+
+def test_a_long_poll_heartbeat_completes_the_response(chat):
+    server, _, base = chat(ATMOSPHERE_HEARTBEAT_INTERVAL=0.2)
+    client = PollClient(base, "/quiet")
+    response = client.http.get(client.url, params=client.query(), timeout=TIMEOUT)
+    assert response.text == "1|X"
+
+
+def test_three_long_poll_clients_get_100_broadcasts_once_and_in_order(chat):
+    server, atmosphere, base = chat()
+    clients = [PollClient(base, "/quiet") for _ in range(3)]
+    expected = [f"m{i}" for i in range(100)]
+    pollers = ThreadPoolExecutor(2)
+    # Two keep polling while the broadcasts go out; the third is between polls
+    # the whole time and polls only afterwards.
+    running = [pollers.submit(client.poll_until, 100) for client in clients[:2]]
+    for message in expected:
+        atmosphere.broadcast("/quiet", message)
+    assert [future.result(TIMEOUT) for future in running] == [expected, expected]
+    assert clients[2].poll() == expected  # all of it, in one response
+    atmosphere.broadcast("/quiet", "after")
+    assert [client.poll() for client in clients] == [["after"]] * 3
+
+
+def test_an_untracked_long_poll_client_gets_one_message_per_response(chat):
+    server, atmosphere, base = chat()
+    client = PollClient(base, "/quiet", track=False)
+    atmosphere.broadcast("/quiet", "one")
+    atmosphere.broadcast("/quiet", "two")
+    assert client.poll() == ["one"]
+    assert client.poll() == ["two"]
+
+
+def test_concurrent_posts_are_answered_while_the_get_is_held(chat, recorder):
+    server, atmosphere, base = chat()
+    client = PollClient(base, "/quiet")
+    with ThreadPoolExecutor(9) as pool:
+        held = pool.submit(client.poll)
+        posts = [pool.submit(client.post, f"p{i}") for i in range(8)]
+        assert all(post.result(TIMEOUT).status_code == 200 for post in posts)
+        assert not held.done()  # still held: the POSTs did not wait for it
+        atmosphere.broadcast("/quiet", "release")
+        assert held.result(TIMEOUT) == ["release"]
+    texts = sorted(e.text for who, e in recorder.items if who == client.uuid and isinstance(e, TextMessage))
+    assert texts == [f"p{i}" for i in range(8)]
+
+
+def test_a_client_that_stops_polling_is_disconnected_after_the_grace_period(chat, recorder):
+    server, _, base = chat(ATMOSPHERE_GRACE_PERIOD=0.3)
+    client = PollClient(base, "/quiet")
+    recorder.wait_for(lambda items: (client.uuid, Disconnected(ClientDisconnected())) in items)
+
+
+def test_the_close_request_ends_the_client_and_answers_its_held_poll(chat, recorder):
+    server, atmosphere, base = chat()
+    client = PollClient(base, "/quiet")
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.poll)
+        server.wait_until(lambda: atmosphere.registry.get(client.uuid).carrier is not None)
+        assert client.close().status_code == 200
+        assert held.result(TIMEOUT) == []
+    assert events_of(recorder, client.uuid) == [Connected(), Disconnected(ClientDisconnected())]
+
+
+def test_jsonp(chat):
+    server, atmosphere, base = chat()
+    query = params("jsonp") | {"jsonpTransport": "atmosphere1795986232470"}
+    first = requests.get(base + "/quiet", params=query, timeout=TIMEOUT)
+    assert first.headers["Content-Type"] == "application/javascript; charset=utf-8"
+    assert first.text.startswith('atmosphere1795986232470({"message" : "41|')
+    uuid = first.text.split("|")[1]
+    atmosphere.broadcast("/quiet", 'x"y\u2028z')
+    query["X-Atmosphere-tracking-id"] = uuid
+    poll = requests.get(base + "/quiet", params=query, timeout=TIMEOUT)
+    assert poll.text == 'atmosphere1795986232470({"message" : "5|x\\"y\\u2028z"});'
+    # A JSONP push: the message rides in the query.
+    push = requests.get(base + "/chat", params=params("jsonp", uuid) | {"X-Atmosphere-Post-Body": "hi"},
+                        timeout=TIMEOUT)
+    assert push.status_code == 200
+
+
+# -- streaming and SSE -----------------------------------------------------------
+
+@pytest.mark.parametrize("transport", ["streaming", "sse"])
+def test_streams_handshake_greeting_and_broadcasts(chat, transport):
+    server, atmosphere, base = chat()
+    stream = StreamClient(base, "/chat", transport)
+    assert greeting_of([stream.next()]) == stream.uuid
+    content_type = stream.response.headers["Content-Type"]
+    assert content_type == ("text/event-stream; charset=utf-8" if transport == "sse"
+                            else "text/plain; charset=utf-8")
+    stream.post("echo me")
+    assert stream.next() == "echo me"
+    atmosphere.broadcast("/chat", {"b": 1})
+    assert stream.next() == '{"b":1}'
+
+
+def test_sse_events_carry_ids_and_multiline_data(chat):
+    server, atmosphere, base = chat()
+    stream = StreamClient(base, "/quiet", "sse")
+    atmosphere.broadcast("/quiet", "line 1\r\nline 2\nline 3")
+    assert stream.next() == "line 1\nline 2\nline 3"  # EventSource joins data lines with LF
+    atmosphere.broadcast("/quiet", "next")
+    assert stream.next() == "next"
+    assert stream.event_ids == ["1", "2"]
+
+
+def test_sse_resumes_after_last_event_id(chat):
+    server, atmosphere, base = chat()
+    first = StreamClient(base, "/quiet", "sse")
+    for message in ("a", "b", "c"):
+        atmosphere.broadcast("/quiet", message)
+    assert first.take(3) == ["a", "b", "c"]
+    first.close()
+    # The browser's own reconnect says it saw "a" only: "b" and "c" come again.
+    again = StreamClient(base, "/quiet", "sse", tracking_id=first.uuid,
+                         headers={"Last-Event-ID": first.event_ids[0]})
+    assert again.next().split("|")[0] == first.uuid  # 5.x gets the handshake again (§2.7)
+    assert again.take(2) == ["b", "c"]
+
+
+@pytest.mark.parametrize("framework, resent", [("5.0.7", True), ("2.3.8-javascript", False)])
+def test_the_handshake_is_resent_on_reconnect_only_to_5x(chat, framework, resent):
+    server, atmosphere, base = chat()
+    first = StreamClient(base, "/quiet", framework=framework)
+    first.close()
+    again = StreamClient(base, "/quiet", tracking_id=first.uuid, framework=framework)
+    atmosphere.broadcast("/quiet", "after")
+    first_message = again.next()
+    assert (first_message == f"{first.uuid}|0|X|") is resent
+    if resent:
+        assert again.next() == "after"
+    else:
+        assert first_message == "after"
+
+
+def test_a_stream_reconnect_within_the_grace_period_keeps_the_client(chat, recorder):
+    server, atmosphere, base = chat()
+    first = StreamClient(base, "/quiet")
+    first.close()
+    # Seen gone (the stream's socket closed); messages wait in its mailbox.
+    server.wait_until(lambda: atmosphere.registry.get(first.uuid).carrier is None)
+    for message in ("while away 1", "while away 2"):
+        atmosphere.broadcast("/quiet", message)
+    again = StreamClient(base, "/quiet", tracking_id=first.uuid)
+    assert again.take(3)[1:] == ["while away 1", "while away 2"]
+    assert events_of(recorder, first.uuid) == [Connected()]  # no second Connected, no Disconnected
+
+
+def test_a_websocket_reconnect_within_the_grace_period_gets_what_was_sent_meanwhile(chat, recorder):
+    server, atmosphere, base = chat()
+    first = WSClient(server.url("/quiet", **ATMOSPHERE_PARAMS), track=True, protocol=True)
+    first.ws.shutdown()  # the network drops: no close frame
+    server.wait_until(lambda: atmosphere.registry.get(first.uuid).carrier is None)
+    atmosphere.broadcast("/quiet", "meanwhile")
+    query = dict(ATMOSPHERE_PARAMS, **{"X-Atmosphere-tracking-id": first.uuid})
+    again = WSClient(server.url("/quiet", **query), track=True, protocol=True)
+    assert again.uuid == first.uuid
+    assert again.recv() == "meanwhile"
+    assert events_of(recorder, first.uuid) == [Connected()]
+
+
+# -- every transport -------------------------------------------------------------
+
+UNICODE = "Кириллица, 漢字かな, emoji 😀👍🏽, separators \u2028\u2029, é€"
+
+
+@pytest.mark.parametrize("transport", ["websocket", "long-polling", "streaming", "sse"])
+@pytest.mark.parametrize("track", [True, False])
+def test_multibyte_payloads_survive_every_transport(chat, transport, track):
+    server, atmosphere, base = chat()
+    if transport == "websocket":
+        query = dict(ATMOSPHERE_PARAMS, **{"X-Atmosphere-TrackMessageSize": str(track).lower()})
+        client = WSClient(server.url("/quiet", **query), track=track, protocol=True)
+        receive = client.recv
+    elif transport == "long-polling":
+        client = PollClient(base, "/quiet", track=track)
+        polled: list[str] = []
+
+        def receive():
+            while not polled:
+                polled.extend(client.poll())
+            return polled.pop(0)
+    else:
+        client = StreamClient(base, "/quiet", transport, track=track)
+        receive = client.next
+    for _ in range(2):  # a batch of two where the transport batches
+        atmosphere.broadcast("/quiet", UNICODE)
+    assert receive() == UNICODE
+    assert receive() == UNICODE
+
+
+def test_mixed_clients_get_500_broadcasts_small_and_large_in_order(chat):
+    server, atmosphere, base = chat()
+    ws = WSClient(server.url("/quiet", **ATMOSPHERE_PARAMS), track=True, protocol=True)
+    poll = PollClient(base, "/quiet")
+    stream = StreamClient(base, "/quiet", "streaming")
+    sse = StreamClient(base, "/quiet", "sse")
+    big = "ж" * 10_000  # 20 KB of UTF-8
+    expected = [f"{i}:" + (big if i % 2 else "small") for i in range(500)]
+    with ThreadPoolExecutor(1) as pool:
+        polled = pool.submit(poll.poll_until, 500)
+        for message in expected:
+            atmosphere.broadcast("/quiet", message)
+        assert [ws.recv() for _ in range(500)] == expected
+        assert stream.take(500) == expected
+        assert sse.take(500) == expected
+        assert polled.result(TIMEOUT) == expected
+
+
+# -- bad input ---------------------------------------------------------------------
+
+def test_an_unknown_tracking_id_gets_a_fresh_client_not_an_error(chat, recorder):
+    server, _, base = chat()
+    response = requests.get(base + "/chat", params=params("long-polling", "no-such-client"),
+                            timeout=TIMEOUT)
+    assert response.status_code == 200 and greeting_of(Decoder().feed(response.text)) == "no-such-client"
+
+
+def test_an_oversize_post_gets_413_and_the_client_stays(chat, recorder):
+    server, atmosphere, base = chat(ATMOSPHERE_MAX_MESSAGE_SIZE=100)
+    client = PollClient(base, "/quiet")
+    response = client.post("x" * 101)
+    assert response.status_code == 413
+    assert client.post("x" * 100).status_code == 200
+    atmosphere.broadcast("/quiet", "still here")
+    assert client.poll() == ["still here"]
+
+
+@pytest.mark.parametrize("query", [
+    {"X-Atmosphere-Transport": "carrier-pigeon"},
+    {"X-Atmosphere-Transport": "long-polling", "X-Heartbeat-Server": "soon"},
+])
+def test_malformed_parameters_get_400_with_a_one_line_reason(chat, query):
+    server, _, base = chat()
+    response = requests.get(base + "/chat", params=query, timeout=TIMEOUT)
+    assert response.status_code == 400
+    assert response.text.count("\n") == 1 and response.headers["X-Atmosphere-error"]
+
+
+def test_a_websocket_request_without_upgrade_gets_501(chat):
+    server, _, base = chat()
+    response = requests.get(base + "/chat", params=params("websocket"), timeout=TIMEOUT)
+    assert response.status_code == 501
+    assert response.headers["X-Atmosphere-error"] == "Websocket protocol not supported"
+
+
+def test_a_client_older_than_2_2_1_gets_501(chat):
+    server, _, base = chat()
+    response = requests.get(base + "/chat", params=params("long-polling", framework="2.2.0-jquery"),
+                            timeout=TIMEOUT)
+    assert response.status_code == 501
