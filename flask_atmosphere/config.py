@@ -34,6 +34,11 @@ DEFAULTS = {
     "ATMOSPHERE_GRACE_PERIOD": 60,
     # How long a closing WebSocket waits for the peer's close frame.
     "ATMOSPHERE_CLOSE_TIMEOUT": 5,
+    # The transports this app offers. Leave "websocket" out to refuse
+    # WebSocket upgrades (HTTP 501, as a server without WebSocket support
+    # answers; the clients fall back). "long-polling" covers the legacy
+    # client's "polling" too.
+    "ATMOSPHERE_TRANSPORTS": ("websocket", "sse", "streaming", "long-polling", "jsonp"),
     # Where the bundled JavaScript client is served
     # (<path>/atmosphere-client.js); None to serve nothing.
     "ATMOSPHERE_STATIC_URL_PATH": "/_atmosphere",
@@ -50,6 +55,7 @@ class Settings:
     mailbox_max_bytes: int
     grace_period: float
     close_timeout: float
+    transports: tuple
     static_url_path: str | None
 
     @classmethod

@@ -56,6 +56,15 @@ class AtmosphereServer:
         self.wsgi = WSGIServer((host, port), app, handler_class=AtmosphereHandler,
                                log=logging.getLogger("flask_atmosphere.access"),
                                error_log=logging.getLogger("flask_atmosphere.server"))
+        self.wsgi.pre_start_hook = self._refuse_upgrade
+
+    def _refuse_upgrade(self, handler) -> bool:
+        """gevent-websocket's ``pre_start_hook``: ``True`` serves the request
+        as plain HTTP instead of upgrading it, so the app can refuse it with
+        an HTTP status (501 when "websocket" is not in ATMOSPHERE_TRANSPORTS)."""
+        if handler.environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            return False
+        return "websocket" not in self.atmosphere.settings(self.app).transports
 
     @property
     def port(self) -> int:

@@ -313,3 +313,15 @@ def test_a_client_older_than_2_2_1_gets_501(chat):
     response = requests.get(base + "/chat", params=params("long-polling", framework="2.2.0-jquery"),
                             timeout=TIMEOUT)
     assert response.status_code == 501
+
+
+def test_transports_can_be_refused_by_config(chat):
+    server, _, base = chat(ATMOSPHERE_TRANSPORTS=["long-polling"])
+    refused = requests.get(base + "/chat", params=params("sse"), timeout=TIMEOUT)
+    assert refused.status_code == 501
+    # A WebSocket upgrade is answered with 501 instead of 101: clients fall back.
+    import websocket
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(server.url("/chat", **ATMOSPHERE_PARAMS), timeout=TIMEOUT)
+    assert info.value.status_code == 501
+    assert PollClient(base, "/chat").uuid

@@ -34,6 +34,12 @@ __all__ = ["serve"]
 
 log = logging.getLogger("flask_atmosphere")
 
+#: X-Atmosphere-Transport values that open a client over HTTP, with the
+#: ATMOSPHERE_TRANSPORTS name that offers each (the legacy client's one-shot
+#: "polling" is served as a long-poll).
+_HTTP_TRANSPORTS = {"long-polling": "long-polling", "polling": "long-polling", "jsonp": "jsonp",
+                    "streaming": "streaming", "sse": "sse"}
+
 
 def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
     """Serve the current Flask request on ``route``: the body of every
@@ -50,6 +56,10 @@ def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
             return Response()
         return error_response(400, str(exc))
     atmosphere.broadcaster.attach(gevent.get_hub())
+    offered = atmosphere.settings().transports
+    if ws is not None and "websocket" not in offered:
+        ws.close(1008, "the WebSocket transport is disabled")  # upgraded by another server
+        return Response()
 
     if ws is not None:
         connection, new = _connection_for(atmosphere, route, params, "websocket")
@@ -61,16 +71,17 @@ def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
     post_body = request.args.get("X-Atmosphere-Post-Body")
     if request.method == "POST" or post_body is not None:
         return _message(atmosphere, route, params, post_body)
-    if transport in ("long-polling", "polling", "jsonp"):
+    offer = _HTTP_TRANSPORTS.get(transport)
+    if offer is not None:
+        if offer not in offered:
+            return error_response(501, f"transport {transport} not supported")
         connection, new = _connection_for(atmosphere, route, params, transport)
-        callback = request.args.get("jsonpTransport", "atmosphere") if transport == "jsonp" else None
+        if offer == "streaming":
+            return streaming.serve(connection, new, request.environ)
+        if offer == "sse":
+            return sse.serve(connection, new, request.environ, request.headers.get("Last-Event-ID"))
+        callback = request.args.get("jsonpTransport", "atmosphere") if offer == "jsonp" else None
         return longpolling.serve(connection, new, request.environ, callback)
-    if transport == "streaming":
-        connection, new = _connection_for(atmosphere, route, params, transport)
-        return streaming.serve(connection, new, request.environ)
-    if transport == "sse":
-        connection, new = _connection_for(atmosphere, route, params, transport)
-        return sse.serve(connection, new, request.environ, request.headers.get("Last-Event-ID"))
     if transport == "websocket" or request.headers.get("Upgrade", "").lower() == "websocket":
         # Not upgraded: the server has no WebSocket support (§8.1); clients fall back.
         return error_response(501, "Websocket protocol not supported")
