@@ -3,6 +3,7 @@
 See ``Atmosphere`` for the extension, ``AtmosphereClient`` for the
 per-connection object, and ``flask_atmosphere.events`` for what it receives.
 """
+from .admission import Refused
 from .client import AtmosphereClient, ConnectRequest
 from .events import (ClientDisconnected, Connected, Disconnected, Error, JsonMessage,
                      ServerDisconnected, TextMessage)
@@ -11,7 +12,7 @@ from .filters import ClientFilter, Everyone, OnlySelf, Predicate, SkipSelf
 from .wire import JsonWireFormat, TextWireFormat, WireFormat
 
 __all__ = [
-    "Atmosphere", "AtmosphereClient", "ConnectRequest",
+    "Atmosphere", "AtmosphereClient", "ConnectRequest", "Refused",
     "Connected", "Disconnected", "ClientDisconnected", "ServerDisconnected", "Error",
     "TextMessage", "JsonMessage",
     "ClientFilter", "Everyone", "SkipSelf", "OnlySelf", "Predicate",

@@ -39,6 +39,15 @@ DEFAULTS = {
     # answers; the clients fall back). "long-polling" covers the legacy
     # client's "polling" too.
     "ATMOSPHERE_TRANSPORTS": ("websocket", "sse", "streaming", "long-polling", "jsonp"),
+    # Origins that may connect, checked on every transport (403 otherwise):
+    # exact "scheme://host[:port]" entries, "https://*.example.com" for every
+    # subdomain (whole labels), or "*" for any. None: the same origin as the
+    # request's Host only. Requests without an Origin header (not from a
+    # browser page) are not checked.
+    "ATMOSPHERE_ALLOWED_ORIGINS": None,
+    # The most clients one process holds (clients within their grace period
+    # count); a new one beyond it gets 503. None: no limit.
+    "ATMOSPHERE_MAX_CONNECTIONS": None,
     # Where the bundled JavaScript client is served
     # (<path>/atmosphere-client.js); None to serve nothing.
     "ATMOSPHERE_STATIC_URL_PATH": "/_atmosphere",
@@ -56,6 +65,8 @@ class Settings:
     grace_period: float
     close_timeout: float
     transports: tuple
+    allowed_origins: tuple | None
+    max_connections: int | None
     static_url_path: str | None
 
     @classmethod

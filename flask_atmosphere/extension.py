@@ -59,6 +59,10 @@ class Atmosphere:
         self._routes: list[Route] = []
         self._apps: "weakref.WeakKeyDictionary[Flask, Settings]" = weakref.WeakKeyDictionary()
         self._error_handlers: list[Callable[[AtmosphereClient, BaseException], Any]] = []
+        #: The functions registered with :meth:`before_connect`.
+        self.before_connect_hooks: list[Callable[[], Any]] = []
+        #: True once :meth:`shutdown` began: new clients get 503.
+        self.closing = False
         if app is not None:
             self.init_app(app)
 
@@ -132,10 +136,27 @@ class Atmosphere:
         def view(**_view_args):
             return transports.serve(self, route)
         view.__name__ = route.endpoint
+        view.atmosphere_route = route
         # Werkzeug matches WebSocket upgrades only against websocket rules.
         # The HTTP rule comes first, so that url_for() builds an http URL.
-        target.add_url_rule(route.rule, route.endpoint, view, methods=["GET", "POST"])
+        target.add_url_rule(route.rule, route.endpoint, view, methods=["GET", "POST", "OPTIONS"],
+                            provide_automatic_options=False)
         target.add_url_rule(route.rule, route.endpoint, view, methods=["GET"], websocket=True)
+
+    def before_connect(self, hook: Callable[[], Any]) -> Callable[[], Any]:
+        """Register ``hook()``, called in the request context (``flask.request``,
+        ``flask.session``) before a new client is created on any transport,
+        and before a WebSocket upgrade where the server allows (see
+        ``atmosphere.run``). It refuses the connection by raising
+        ``Refused(status, reason)`` (e.g. 401, 403). Usable as a decorator::
+
+            @atmosphere.before_connect
+            def logged_in():
+                if "user" not in session:
+                    raise Refused(401, "log in first")
+        """
+        self.before_connect_hooks.append(hook)
+        return hook
 
     def error_handler(self, handler: Callable[[AtmosphereClient, BaseException], Any]):
         """Register ``handler(client, exception)``, called (in the app context)
@@ -193,6 +214,7 @@ class Atmosphere:
         Returns:
             ``True`` if every connection ended.
         """
+        self.closing = True
         for connection in self.registry:
             connection.close(1001, "server shutdown")
         if self.registry.wait_empty(timeout):

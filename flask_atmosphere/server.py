@@ -14,14 +14,12 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-__all__ = ["AtmosphereServer", "AtmosphereHandler", "SOCKET_KEY"]
+from .transports import REFUSAL_KEY, admit_upgrade
+from .transports.http import SOCKET_KEY
+
+__all__ = ["AtmosphereServer", "AtmosphereHandler"]
 
 log = logging.getLogger("flask_atmosphere")
-
-#: The WSGI environ key under which :class:`AtmosphereHandler` puts the
-#: request's socket, so that HTTP transports can see a peer leave while a
-#: response is held and can cut a peer that stopped reading.
-SOCKET_KEY = "flask_atmosphere.socket"
 
 
 class AtmosphereHandler(WebSocketHandler):
@@ -60,11 +58,23 @@ class AtmosphereServer:
 
     def _refuse_upgrade(self, handler) -> bool:
         """gevent-websocket's ``pre_start_hook``: ``True`` serves the request
-        as plain HTTP instead of upgrading it, so the app can refuse it with
-        an HTTP status (501 when "websocket" is not in ATMOSPHERE_TRANSPORTS)."""
-        if handler.environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+        as plain HTTP instead of upgrading it. For an atmosphere route that
+        refuses the upgrade (WebSocket not offered: 501; a foreign origin:
+        403; the limit or a ``before_connect`` hook), the answer is left in
+        the environ for the route's view to send."""
+        environ = handler.environ
+        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
             return False
-        return "websocket" not in self.atmosphere.settings(self.app).transports
+        with self.app.request_context(environ):
+            from flask import request
+            route = getattr(self.app.view_functions.get(request.endpoint), "atmosphere_route", None)
+            if route is None:
+                return False
+            refused = admit_upgrade(self.atmosphere, route)
+        if refused is None:
+            return False
+        environ[REFUSAL_KEY] = refused
+        return True
 
     @property
     def port(self) -> int:
@@ -74,6 +84,7 @@ class AtmosphereServer:
     def start(self) -> None:
         """Start listening; connections are served on this thread's hub."""
         self.wsgi.start()
+        self.atmosphere.closing = False
         self.atmosphere.broadcaster.attach(gevent.get_hub(), replace=True)
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import gevent
 from flask import Response, current_app, request, session
 
+from ..admission import cors_headers, origin_allowed, own_origin, preflight, refusal
 from ..client import ConnectRequest
 from ..connection import Connection
 from ..protocol import (PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, VersionNotSupported,
@@ -30,7 +31,10 @@ from .http import NO_CACHE, error_response
 if TYPE_CHECKING:  # pragma: no cover
     from ..extension import Atmosphere, Route
 
-__all__ = ["serve"]
+__all__ = ["serve", "admit_upgrade", "REFUSAL_KEY"]
+
+#: The WSGI environ key of an answer decided before a WebSocket upgrade.
+REFUSAL_KEY = "flask_atmosphere.refusal"
 
 log = logging.getLogger("flask_atmosphere")
 
@@ -44,7 +48,61 @@ _HTTP_TRANSPORTS = {"long-polling": "long-polling", "polling": "long-polling", "
 def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
     """Serve the current Flask request on ``route``: the body of every
     atmosphere route's view."""
+    refused = request.environ.get(REFUSAL_KEY)  # decided before a WebSocket upgrade
+    if refused is not None:
+        return refused
+    if request.method == "OPTIONS":
+        return preflight(atmosphere)
     ws = request.environ.get("wsgi.websocket")
+    try:
+        response = _dispatch(atmosphere, route, ws)
+    except _Refusal as refusal_:
+        if ws is not None:  # upgraded by a server that could not ask first
+            ws.close(1008, refusal_.response.headers["X-Atmosphere-error"][:120])
+        response = refusal_.response
+    response.headers.update(cors_headers(atmosphere))
+    return response
+
+
+def admit_upgrade(atmosphere: "Atmosphere", route: "Route") -> Response | None:
+    """The answer that refuses a WebSocket upgrade of the current request
+    before it happens (origin, limits, ``before_connect``), or ``None``."""
+    if "websocket" not in atmosphere.settings().transports:
+        return error_response(501, "Websocket protocol not supported")
+    try:
+        params = parse_params(request.args, request.headers)
+    except ProtocolError as exc:
+        return error_response(400, str(exc))
+    try:
+        _check_origin(atmosphere)
+        if _resumed(atmosphere, params) is None:
+            _admit(atmosphere)
+    except _Refusal as refused:
+        return refused.response
+    return None
+
+
+class _Refusal(Exception):
+    def __init__(self, response: Response):
+        super().__init__(response.status)
+        self.response = response
+
+
+def _check_origin(atmosphere: "Atmosphere") -> None:
+    if not origin_allowed(request.headers.get("Origin"), atmosphere.settings().allowed_origins,
+                          own_origin()):
+        log.info("refused %s %s: origin %s not allowed", request.method, request.path,
+                 request.headers.get("Origin"))
+        raise _Refusal(error_response(403, "origin not allowed"))
+
+
+def _admit(atmosphere: "Atmosphere") -> None:
+    refused = refusal(atmosphere)
+    if refused is not None:
+        raise _Refusal(refused)
+
+
+def _dispatch(atmosphere: "Atmosphere", route: "Route", ws) -> Response:
     try:
         params = parse_params(request.args, request.headers)
     except VersionNotSupported as exc:
@@ -55,11 +113,11 @@ def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
             ws.close(1008, str(exc)[:120])
             return Response()
         return error_response(400, str(exc))
+    _check_origin(atmosphere)
     atmosphere.broadcaster.attach(gevent.get_hub())
     offered = atmosphere.settings().transports
     if ws is not None and "websocket" not in offered:
-        ws.close(1008, "the WebSocket transport is disabled")  # upgraded by another server
-        return Response()
+        raise _Refusal(error_response(501, "Websocket protocol not supported"))
 
     if ws is not None:
         connection, new = _connection_for(atmosphere, route, params, "websocket")
@@ -99,13 +157,15 @@ def _connection_for(atmosphere: "Atmosphere", route: "Route", params: Atmosphere
     as the new client's uuid, as Java does; anything else gets a fresh uuid4
     (§2.6).
     """
-    tracking_id = params.tracking_id
-    existing = atmosphere.registry.get(tracking_id) if tracking_id != "0" else None
-    if existing is not None and existing.path == request.path and not existing.finished:
+    existing = _resumed(atmosphere, params)
+    if existing is not None:
         if resume:
             existing.params = params
         return existing, False
-    uuid = tracking_id if valid_tracking_id(tracking_id) and existing is None else new_tracking_id()
+    _admit(atmosphere)
+    tracking_id = params.tracking_id
+    free = valid_tracking_id(tracking_id) and atmosphere.registry.get(tracking_id) is None
+    uuid = tracking_id if free else new_tracking_id()
     request_info = ConnectRequest(
         path=request.path,
         view_args=dict(request.view_args or {}),
@@ -117,6 +177,16 @@ def _connection_for(atmosphere: "Atmosphere", route: "Route", params: Atmosphere
     connection = Connection(atmosphere, current_app._get_current_object(), route, uuid, params,
                             request_info, session)
     return connection, True
+
+
+def _resumed(atmosphere: "Atmosphere", params: AtmosphereParams) -> Connection | None:
+    """The live client of this path whose tracking id the request brings."""
+    if params.tracking_id == "0":
+        return None
+    existing = atmosphere.registry.get(params.tracking_id)
+    if existing is not None and existing.path == request.path and not existing.finished:
+        return existing
+    return None
 
 
 def _message(atmosphere: "Atmosphere", route: "Route", params: AtmosphereParams,

@@ -10,9 +10,12 @@ import gevent
 
 from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
-from ..server import SOCKET_KEY
+__all__ = ["NO_CACHE", "SOCKET_KEY", "LiveResponse", "error_response", "socket_abort", "watch_eof"]
 
-__all__ = ["NO_CACHE", "LiveResponse", "error_response", "socket_abort", "watch_eof"]
+#: The WSGI environ key under which ``AtmosphereHandler`` (server.py) puts
+#: the request's socket, so that a transport can see a peer leave while a
+#: response is held and can cut a peer that stopped reading.
+SOCKET_KEY = "flask_atmosphere.socket"
 
 #: Headers of every transport response: no caching (as the Java server's
 #: CacheHeadersInterceptor, §4), and no buffering by an nginx in front.
