@@ -74,8 +74,18 @@ class AtmosphereClient:
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """End this connection from the server side once what is queued is
-        delivered. A WebSocket closes with ``code`` and ``reason``
-        (RFC 6455 §7.4). ``Disconnected(ServerDisconnected())`` follows."""
+        delivered. A WebSocket closes with exactly ``code`` and ``reason``
+        (RFC 6455 §7.4). ``Disconnected(ServerDisconnected())`` follows.
+
+        Raises:
+            ValueError: ``code`` may not be sent (RFC 6455 §7.4.1: 1000-1003,
+                1007-1014 and 3000-4999 may; 1005, 1006 and 1015 never), or
+                ``reason`` is longer than 123 bytes of UTF-8.
+        """
+        if not (code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+            raise ValueError(f"close code {code} may not be sent (RFC 6455 section 7.4)")
+        if len(reason.encode("utf-8")) > 123:
+            raise ValueError("a close reason is at most 123 bytes of UTF-8")
         self._connection.close(code, reason)
 
     @property

@@ -27,6 +27,12 @@ DEFAULTS = {
     # disconnected (close 1008, "slow consumer") and the reason is logged.
     "ATMOSPHERE_MAILBOX_MAX_MESSAGES": 1000,
     "ATMOSPHERE_MAILBOX_MAX_BYTES": 16 * 1024 * 1024,
+    # What a full mailbox does: "disconnect" the slow client, or "drop-oldest"
+    # messages (counted, and logged at 1, 10, 100, … drops) to keep it.
+    "ATMOSPHERE_MAILBOX_OVERFLOW": "disconnect",
+    # Seconds one write may take; a peer that stops reading longer than
+    # this is cut off (its client then has the grace period to come back).
+    "ATMOSPHERE_WRITE_TIMEOUT": 30,
     # How long a client may be away (a long-poll client between polls, any
     # client reconnecting with its tracking id) and still find its uuid and
     # every message queued meanwhile; after that it is Disconnected. The Java
@@ -62,6 +68,8 @@ class Settings:
     max_message_size: int
     mailbox_max_messages: int
     mailbox_max_bytes: int
+    mailbox_overflow: str
+    write_timeout: float
     grace_period: float
     close_timeout: float
     transports: tuple

@@ -36,6 +36,10 @@ __all__ = ["Connection", "Carrier"]
 
 log = logging.getLogger("flask_atmosphere")
 
+#: Seconds a slow consumer's writer has to close the connection once its
+#: mailbox overflowed, before its socket is cut.
+STUCK_WRITER_GRACE = 1.0
+
 
 class Carrier:
     """One request serving a connection.
@@ -76,7 +80,8 @@ class Connection:
         self.params = params
         self.wire_format = route.wire_format
         self.grace_period = settings.grace_period
-        self.mailbox = Mailbox(settings.mailbox_max_messages, settings.mailbox_max_bytes)
+        self.mailbox = Mailbox(settings.mailbox_max_messages, settings.mailbox_max_bytes,
+                               settings.mailbox_overflow)
         self.carrier: Carrier | None = None
         self._lock = Semaphore()
         self._opened = False     # Connected was delivered
@@ -135,11 +140,17 @@ class Connection:
         mailbox = self.mailbox
         if mailbox.closed:
             return
+        dropped = mailbox.dropped
         if not mailbox.put(outbound):
             log.warning("disconnecting client %s on %s: %s", self.uuid, self.path,
                         mailbox.close_request.error)
             if self.carrier is None:
                 gevent.spawn(self.finish)
+            else:  # its writer says goodbye, unless a stalled write holds it
+                gevent.spawn_later(STUCK_WRITER_GRACE, self._cut_if_stuck, self.carrier)
+        elif mailbox.dropped != dropped and _power_of_ten(mailbox.dropped):
+            log.warning("client %s on %s is slow: %d messages dropped so far", self.uuid,
+                        self.path, mailbox.dropped)
 
     # -- requests coming and going ---------------------------------------------
 
@@ -251,7 +262,17 @@ class Connection:
         finally:
             self.atmosphere.registry.remove(self)
 
+    def _cut_if_stuck(self, carrier: Carrier) -> None:
+        if self.carrier is carrier:
+            carrier.abort()
+
     def abort(self) -> None:
         """Cut the request serving the client, if any, without a goodbye."""
         if self.carrier is not None:
             self.carrier.abort()
+
+
+def _power_of_ten(n: int) -> bool:
+    while n % 10 == 0 and n > 1:
+        n //= 10
+    return n == 1

@@ -18,7 +18,7 @@ from gevent.event import Event
 
 from .protocol import frame
 
-__all__ = ["Outbound", "CloseRequest", "Mailbox", "MailboxFull"]
+__all__ = ["Outbound", "CloseRequest", "Mailbox", "MailboxFull", "WRITE_BATCH"]
 
 
 class Outbound:
@@ -75,6 +75,11 @@ class CloseRequest:
     error: BaseException | None = None
 
 
+#: How many messages a streaming writer takes at a time: what it holds
+#: outside the mailbox's bounds while a slow peer blocks its write.
+WRITE_BATCH = 32
+
+
 class MailboxFull(Exception):
     """A client's mailbox passed its bound: it is not reading fast enough."""
 
@@ -87,18 +92,22 @@ class Mailbox:
         max_messages: the most messages it holds (``ATMOSPHERE_MAILBOX_MAX_MESSAGES``).
         max_bytes: the most bytes it holds (``ATMOSPHERE_MAILBOX_MAX_BYTES``).
 
-    When a ``put`` would pass either bound, the mailbox closes itself with
-    code 1008 and a :class:`MailboxFull` error: the slow consumer is
-    disconnected rather than starved in silence or allowed to hold others up.
+    When a ``put`` would pass either bound, the ``overflow`` policy decides:
+    ``"disconnect"`` (the default) closes the mailbox with code 1008 and a
+    :class:`MailboxFull` error, so the slow consumer is disconnected rather
+    than starved in silence or allowed to hold others up; ``"drop-oldest"``
+    drops the oldest messages to make room and counts them in ``dropped``.
 
     A reader that can say later where it got to (SSE, with ``Last-Event-ID``)
     takes with ``keep=True``: the last ``max_messages`` messages taken are
     kept as *sent*, and :meth:`resume` queues again exactly what it missed.
     """
     __slots__ = ("_queue", "_sent", "_bytes", "_event", "max_messages", "max_bytes",
-                 "close_request", "next_seq")
+                 "close_request", "next_seq", "drop_oldest", "dropped")
 
-    def __init__(self, max_messages: int, max_bytes: int):
+    def __init__(self, max_messages: int, max_bytes: int, overflow: str = "disconnect"):
+        if overflow not in ("disconnect", "drop-oldest"):
+            raise ValueError(f"overflow policy must be 'disconnect' or 'drop-oldest', not {overflow!r}")
         self._queue: deque = deque()   # (seq, Outbound), not yet taken
         self._sent: deque = deque()    # (seq, Outbound), taken by the last reader
         self._bytes = 0
@@ -107,6 +116,9 @@ class Mailbox:
         self.max_bytes = max_bytes
         self.close_request: CloseRequest | None = None
         self.next_seq = 1
+        self.drop_oldest = overflow == "drop-oldest"
+        #: How many messages the drop-oldest policy dropped.
+        self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -120,6 +132,11 @@ class Mailbox:
         mailbox is closed or has just closed itself for passing its bound."""
         if self.close_request is not None:
             return False
+        if self.drop_oldest:
+            while self._queue and (len(self._queue) >= self.max_messages
+                                   or self._bytes + message.size > self.max_bytes):
+                self._bytes -= self._queue.popleft()[1].size
+                self.dropped += 1
         if (len(self._queue) >= self.max_messages
                 or self._bytes + message.size > self.max_bytes):
             self.close(CloseRequest(

@@ -31,6 +31,14 @@ class AtmosphereHandler(WebSocketHandler):
         environ[SOCKET_KEY] = self.socket
         return environ
 
+    def handle(self):
+        # pywsgi answers a request cut off in its headers with a 400 to the
+        # dead socket and lets the broken pipe escape; the peer is just gone.
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
 
 class AtmosphereServer:
     """A pywsgi server for ``app`` with WebSocket support.

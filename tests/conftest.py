@@ -3,6 +3,8 @@ its own gevent hub), and real WebSocket clients (websocket-client) talking to it
 from __future__ import annotations
 
 import queue
+import socket
+import struct
 import threading
 from typing import Any, Callable
 from urllib.parse import urlencode
@@ -160,6 +162,15 @@ class WSClient:
 
     def close(self) -> None:
         self.ws.close(timeout=TIMEOUT)
+        self._forget()
+
+    def reset(self) -> None:
+        """Drop the connection with a TCP RST: no close frame, no FIN."""
+        self.ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.ws.sock.close()
+        self._forget()
+
+    def _forget(self) -> None:
         if self in _open_clients:
             _open_clients.remove(self)
 

@@ -30,6 +30,12 @@ class Decoder:
         while "|" in data:
             head, _, rest = data.partition("|")
             n = int(head)
+            if rest.isascii():  # one code unit per character
+                if len(rest) < n:
+                    break
+                out.append(rest[:n])
+                data = rest[n:]
+                continue
             units = rest.encode("utf-16-le")
             if len(units) < 2 * n:
                 break

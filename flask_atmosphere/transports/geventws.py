@@ -11,6 +11,9 @@ gevent-websocket does the HTTP upgrade and the frame format for us, but its
 * lets two greenlets write frames to the same socket at once;
 * unmasks payloads one byte at a time in Python.
 
+It also notes when the peer was last heard from (any frame, a pong
+included) as ``handler.atmosphere_last_seen`` (``time.monotonic()`` seconds).
+
 :func:`adopt` turns a connection's ``WebSocket`` into :class:`FixedWebSocket`
 (same slots, so only its class changes) and keeps the few per-connection
 settings on the gevent handler, which is the per-connection object that has
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from time import monotonic
 
 from gevent.lock import Semaphore
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
@@ -49,6 +53,7 @@ class FixedWebSocket(WebSocket):
 
     def read_frame(self):
         header = Header.decode_header(self.stream)
+        self.handler.atmosphere_last_seen = monotonic()
         if header.flags:
             raise ProtocolError("reserved bits set without an extension")
         handler = self.handler
@@ -120,6 +125,7 @@ def adopt(ws: WebSocket, max_message_size: int) -> FixedWebSocket:
     handler.atmosphere_max_message_size = max_message_size
     handler.atmosphere_inflight = 0
     handler.atmosphere_write_lock = Semaphore()
+    handler.atmosphere_last_seen = monotonic()
     ws.__class__ = FixedWebSocket
     return ws
 

@@ -41,24 +41,35 @@ class LiveResponse(Response):
             ``write(bytes)`` sends one chunk.
         done: called once the response is over, whether ``body`` ran, ended,
             or failed (the peer may be gone before the headers went out).
-        **kwargs: as for ``werkzeug.wrappers.Response`` (status, mimetype, headers).
+        write_timeout: seconds one write may take; past it the write raises
+            ``TimeoutError`` and the socket is shut down (the peer stopped
+            reading, and a half-written chunk spoils the rest).
+        **kwargs: as for ``flask.Response`` (status, mimetype, headers).
     """
 
     def __init__(self, body: Callable[[Callable[[bytes], None]], None],
-                 done: Callable[[], None], **kwargs):
+                 done: Callable[[], None], write_timeout: float, **kwargs):
         headers = dict(NO_CACHE)
         headers.update(kwargs.pop("headers", {}))
         # An iterator, not a list: no Content-Length, so the body is chunked.
         super().__init__(iter(()), headers=headers, **kwargs)
         self._body = body
         self._done = done
+        self._write_timeout = write_timeout
 
     def __call__(self, environ, start_response):
         status, headers = self.get_wsgi_response(environ)[1:]
+
+        def write(data: bytes) -> None:
+            with gevent.Timeout(self._write_timeout, TimeoutError("write timed out")):
+                send(data)
+
         try:
-            write = start_response(status, headers)
+            send = start_response(status, headers)
             write(b"")
             self._body(write)
+        except TimeoutError:
+            socket_abort(environ)()
         except OSError:
             pass  # the peer is gone
         finally:

@@ -73,7 +73,7 @@ def serve(connection: Connection, new: bool, environ, jsonp_callback: str | None
     def done() -> None:
         connection.detach(carrier, error=failure[0] if failure else None)
 
-    return LiveResponse(body, done, content_type=content_type)
+    return LiveResponse(body, done, settings.write_timeout, content_type=content_type)
 
 
 def _encode(text: str, jsonp_callback: str | None) -> bytes:

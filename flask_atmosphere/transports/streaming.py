@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..connection import Carrier, Connection
-from ..mailbox import Outbound
+from ..mailbox import WRITE_BATCH, Outbound
 from ..protocol import HEARTBEAT_PADDING, frame, handshake, handshake_due, heartbeat_interval
 from .http import LiveResponse, socket_abort, watch_eof
 
@@ -36,7 +36,7 @@ def pump(connection: Connection, carrier: Carrier, write: Write,
     """
     mailbox = connection.mailbox
     while connection.serves(carrier):
-        batch = mailbox.take(heartbeat, keep=keep)
+        batch = mailbox.take(heartbeat, limit=WRITE_BATCH, keep=keep)
         if batch is None:
             return
         if not batch:
@@ -95,7 +95,7 @@ def open_stream(connection: Connection, new: bool, environ, mimetype: str,
     def done() -> None:
         connection.detach(carrier, error=error[0] if error else None)
 
-    return LiveResponse(body, done, mimetype=mimetype)
+    return LiveResponse(body, done, settings.write_timeout, mimetype=mimetype)
 
 
 def serve(connection: Connection, new: bool, environ):

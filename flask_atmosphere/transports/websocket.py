@@ -7,13 +7,15 @@ heartbeats and the final close frame.
 from __future__ import annotations
 
 import logging
+from time import monotonic
 
 import gevent
+from gevent import Timeout
 from gevent.event import Event
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
 
 from ..connection import Carrier, Connection
-from ..mailbox import CloseRequest
+from ..mailbox import WRITE_BATCH, CloseRequest
 from ..protocol import HEARTBEAT_PADDING, frame, handshake, handshake_due, heartbeat_interval
 from .geventws import MessageTooBig, abort, adopt
 
@@ -48,7 +50,8 @@ def serve(connection: Connection, new: bool, ws) -> None:
             return
     reader_done = Event()
     writer = gevent.spawn(_write, connection, carrier, ws, reader_done, settings.close_timeout,
-                          heartbeat_interval(settings.heartbeat_interval, params.heartbeat_server))
+                          heartbeat_interval(settings.heartbeat_interval, params.heartbeat_server),
+                          settings.write_timeout)
     gone, error = False, None
     try:
         if new:
@@ -100,39 +103,60 @@ def _refuse(connection: Connection, code: int, reason: str, error: BaseException
 
 
 def _write(connection: Connection, carrier: Carrier, ws, reader_done: Event, close_timeout: float,
-           heartbeat: float | None) -> None:
-    """Write what the mailbox gives, a heartbeat after ``heartbeat`` seconds
-    without a write, and a close frame once the mailbox closes or another
-    request takes the client over."""
+           heartbeat: float | None, write_timeout: float) -> None:
+    """Write what the mailbox gives, and a close frame once the mailbox
+    closes or another request takes the client over.
+
+    Every ``heartbeat`` seconds it pings the peer (browsers answer by
+    themselves), and an Atmosphere client that got nothing for that long
+    also gets the heartbeat ``X`` (§5.1). A peer that did not answer the
+    previous ping by the next one (so at most two heartbeats after it was
+    last heard from), or a write that takes longer than ``write_timeout``
+    seconds (the peer stopped reading), is cut off.
+    """
     mailbox = connection.mailbox
     track = connection.track
-    if connection.params.is_atmosphere:
-        beat, beat_opcode = frame(HEARTBEAT_PADDING, track), TEXT  # §5.1, framed (§3)
-    else:
-        beat, beat_opcode = b"", PING  # a plain WebSocket client gets pings
+    beat = frame(HEARTBEAT_PADDING, track) if connection.params.is_atmosphere else None
+    handler = ws.handler
+    next_beat = last_write = monotonic()
+    last_ping = None
+    if heartbeat is not None:
+        next_beat += heartbeat
     try:
         while True:
-            batch = mailbox.take(heartbeat)
+            wait = None if heartbeat is None else max(0.0, next_beat - monotonic())
+            batch = mailbox.take(wait, limit=WRITE_BATCH)
             if batch is None:
                 request = mailbox.close_request
-                ws.close(request.code, request.reason)
+                with Timeout(write_timeout, WebSocketError("close frame write timed out")):
+                    ws.close(request.code, request.reason)
                 break
             if not connection.serves(carrier):
                 if reader_done.is_set():
                     return
                 ws.close(1000, "superseded")
                 break
-            if not batch:
-                ws.send_frame(beat, beat_opcode)
-                continue
             for index, (_, outbound) in enumerate(batch):
                 try:
-                    ws.send_frame(outbound.encoded(track), TEXT)
+                    with Timeout(write_timeout, WebSocketError("write timed out")):
+                        ws.send_frame(outbound.encoded(track), TEXT)
                 except WebSocketError:
                     mailbox.requeue(batch[index:])  # for the client's next request
                     raise
-    except WebSocketError:
+                last_write = monotonic()
+            now = monotonic()
+            if heartbeat is not None and now >= next_beat:
+                if last_ping is not None and handler.atmosphere_last_seen < last_ping:
+                    raise WebSocketError(f"no answer to a ping in {now - last_ping:.1f}s")
+                with Timeout(write_timeout, WebSocketError("heartbeat write timed out")):
+                    if beat is not None and now - last_write >= heartbeat:
+                        ws.send_frame(beat, TEXT)
+                    ws.send_frame(b"", PING)
+                last_ping = now
+                next_beat = now + heartbeat
+    except WebSocketError as exc:
         if not ws.closed:
+            log.info("client %s on %s is unreachable: %s", connection.uuid, connection.path, exc)
             abort(ws)  # a dead peer: wake the reader
         return
     if not reader_done.wait(close_timeout):
