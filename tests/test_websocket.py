@@ -376,3 +376,15 @@ def test_shutdown_does_not_wait_forever_for_a_peer_that_never_answers(live, reco
     silent, _ = connect(server, "/chat")  # never reads again
     assert server.call(atmosphere.shutdown, 0.2) is True
     assert events_of(recorder, silent.uuid)[-1] == Disconnected(ServerDisconnected())
+
+
+@pytest.mark.parametrize("code", [1005, 1006, 1015, 999, 5000])
+def test_codes_that_must_not_be_sent_are_refused(live, recorder, code):
+    app, _ = make_app(recorder)
+    server = live(app)
+    client, _ = connect(server, "/chat")
+    client.send(json.dumps({"cmd": "close", "code": code, "reason": ""}))
+    client.send("still open")
+    assert client.recv() == "still open"
+    [error] = [e for e in events_of(recorder, client.uuid) if isinstance(e, Error)]
+    assert isinstance(error.error, ValueError)
