@@ -41,11 +41,13 @@ class ChatClient(AtmosphereClient):
                 self.send(chat_line("system", "Messages are JSON objects"))
 
 
-def create_app() -> Flask:
+def create_app(config: dict | None = None) -> Flask:
     """The demo app; ``FLASK_ATMOSPHERE_*`` environment variables set its
-    ``ATMOSPHERE_*`` config (``FLASK_ATMOSPHERE_HEARTBEAT_INTERVAL=10``)."""
+    ``ATMOSPHERE_*`` config (``FLASK_ATMOSPHERE_HEARTBEAT_INTERVAL=10``), and
+    ``config`` (a dict of keys) overrides them."""
     app = Flask(__name__)
     app.config.from_prefixed_env()
+    app.config.update(config or {})
     atmosphere.init_app(app)
 
     @app.route("/")

@@ -59,10 +59,11 @@ def say(page: Page, text: str) -> None:
     page.click("#send")
 
 
-def run_chat(live, open_page, query: str, transport: str) -> None:
-    """Alice and Bob join the demo chat (``query`` appended to its URL), check
-    that the page reports ``transport``, and each sees the other's message."""
-    server = live(create_app())
+def run_chat(live, open_page, query: str, transport: str, config: dict | None = None) -> None:
+    """Alice and Bob join the demo chat (``query`` appended to its URL, the
+    app's ``config`` overridden), check that the page reports ``transport``,
+    and each sees the other's message."""
+    server = live(create_app(config))
     url = server.url("/", scheme="http") + query
     alice = open_page(url)
     bob = open_page(url)
@@ -99,3 +100,9 @@ def test_two_browsers_chat_over_websocket(live, open_page):
 @pytest.mark.parametrize("transport", ["sse", "streaming", "long-polling"])
 def test_two_browsers_chat_over_a_forced_fallback_transport(live, open_page, transport):
     run_chat(live, open_page, f"?transport={transport}", transport)
+
+
+def test_the_page_falls_back_by_itself_when_websocket_is_refused(live, open_page):
+    # The server answers upgrades with 501; the client moves on to SSE.
+    run_chat(live, open_page, "", "sse",
+             {"ATMOSPHERE_TRANSPORTS": ["sse", "streaming", "long-polling"]})
