@@ -29,7 +29,7 @@ from gevent.lock import Semaphore
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
 from geventwebsocket.websocket import Header, WebSocket
 
-__all__ = ["MessageTooBig", "FixedWebSocket", "adopt", "abort"]
+__all__ = ["MessageTooBig", "FixedWebSocket", "adopt", "abort", "encode_frame"]
 
 
 class MessageTooBig(WebSocketError):
@@ -45,6 +45,12 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
         return payload
     key = (mask * (length // 4 + 1))[:length]
     return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(length, "big")
+
+
+def encode_frame(payload: bytes, opcode: int = 0x01) -> bytes:
+    """One unmasked, final server frame (RFC 6455 §5.2) carrying ``payload``:
+    a broadcast encodes it once and writes the same bytes to every socket."""
+    return bytes(Header.encode_header(True, opcode, b"", len(payload), 0)) + payload
 
 
 class FixedWebSocket(WebSocket):
@@ -73,16 +79,19 @@ class FixedWebSocket(WebSocket):
         return header, payload
 
     def send_frame(self, message, opcode):
-        """Send one frame; ``message`` may be ``str`` or ``bytes`` for any opcode.
+        """Send one frame; ``message`` may be ``str`` or ``bytes`` for any opcode."""
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+        self.send_frames(encode_frame(message, opcode))
+
+    def send_frames(self, data: bytes) -> None:
+        """Send ``data``: whole frames, already encoded (see :func:`encode_frame`).
         Writers take turns, so frames never interleave."""
         if self.closed:
             raise WebSocketError("the WebSocket is closed")
-        if isinstance(message, str):
-            message = message.encode("utf-8")
-        header = Header.encode_header(True, opcode, b"", len(message), 0)
         with self.handler.atmosphere_write_lock:
             try:
-                self.raw_write(bytes(header) + message)
+                self.raw_write(data)
             except OSError as exc:
                 raise WebSocketError(f"socket is dead: {exc}") from exc
 

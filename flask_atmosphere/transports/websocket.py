@@ -17,7 +17,7 @@ from geventwebsocket.exceptions import ProtocolError, WebSocketError
 from ..connection import Carrier, Connection
 from ..mailbox import WRITE_BATCH, CloseRequest
 from ..protocol import HEARTBEAT_PADDING, frame, handshake, handshake_due, heartbeat_interval
-from .geventws import MessageTooBig, abort, adopt
+from .geventws import MessageTooBig, abort, adopt, encode_frame
 
 __all__ = ["serve"]
 
@@ -118,6 +118,11 @@ def _write(connection: Connection, carrier: Carrier, ws, reader_done: Event, clo
     track = connection.track
     beat = frame(HEARTBEAT_PADDING, track) if connection.params.is_atmosphere else None
     handler = ws.handler
+    key = ("websocket", track)
+
+    def encode(outbound) -> bytes:
+        return encode_frame(outbound.encoded(track))
+
     next_beat = last_write = monotonic()
     last_ping = None
     if heartbeat is not None:
@@ -136,12 +141,15 @@ def _write(connection: Connection, carrier: Carrier, ws, reader_done: Event, clo
                     return
                 ws.close(1000, "superseded")
                 break
-            for index, (_, outbound) in enumerate(batch):
+            if batch:
+                # Each message's frame is encoded once for all its clients;
+                # a batch goes out in one write.
+                data = b"".join(outbound.cached(key, encode) for _, outbound in batch)
                 try:
                     with Timeout(write_timeout, WebSocketError("write timed out")):
-                        ws.send_frame(outbound.encoded(track), TEXT)
+                        ws.send_frames(data)
                 except WebSocketError:
-                    mailbox.requeue(batch[index:])  # for the client's next request
+                    mailbox.requeue(batch)  # for the client's next request
                     raise
                 last_write = monotonic()
             now = monotonic()
