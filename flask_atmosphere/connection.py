@@ -24,7 +24,8 @@ from .broadcaster import Broadcast
 from .events import ClientDisconnected, Connected, Disconnected, Error, ServerDisconnected
 from .filters import as_filter
 from .mailbox import CloseRequest, Mailbox, Outbound
-from .protocol import AtmosphereParams, is_heartbeat, valid_tracking_id
+from .protocol import (AtmosphereParams, frame, handshake, heartbeat_interval, is_heartbeat,
+                       valid_tracking_id)
 
 if TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -112,6 +113,16 @@ class Connection:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    def handshake(self) -> str:
+        """This client's protocol handshake (§2.2), framed like its writes."""
+        client_heartbeat = self.atmosphere.settings(self.app).client_heartbeat_interval
+        return frame(handshake(self.uuid, int(client_heartbeat * 1000)), self.track)
+
+    def heartbeat_interval(self) -> float | None:
+        """Seconds between server heartbeats for this client, or ``None``."""
+        return heartbeat_interval(self.atmosphere.settings(self.app).heartbeat_interval,
+                                  self.params.heartbeat_server)
 
     # -- outbound, from any greenlet or thread --------------------------------
 

@@ -3,7 +3,6 @@ and SSE, with the handshake, framing, heartbeats and nothing lost."""
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest

@@ -18,7 +18,7 @@ import simplejson
 from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
 from ..connection import Carrier, Connection
-from ..protocol import HEARTBEAT_PADDING, frame, handshake, heartbeat_interval
+from ..protocol import HEARTBEAT_PADDING, frame
 from .http import NO_CACHE, LiveResponse, socket_abort, watch_eof
 
 __all__ = ["serve"]
@@ -45,11 +45,11 @@ def serve(connection: Connection, new: bool, environ, jsonp_callback: str | None
         connection.open()
 
     if params.protocol and params.tracking_id == "0":
-        hello = frame(handshake(connection.uuid, int(settings.client_heartbeat_interval * 1000)), track)
         connection.detach(carrier)  # it polls again at once, with its uuid
-        return Response(_encode(hello, jsonp_callback), content_type=content_type, headers=NO_CACHE)
+        return Response(_encode(connection.handshake(), jsonp_callback), content_type=content_type,
+                        headers=NO_CACHE)
 
-    heartbeat = heartbeat_interval(settings.heartbeat_interval, params.heartbeat_server)
+    heartbeat = connection.heartbeat_interval()
     mailbox = connection.mailbox
     failure: list = []
 

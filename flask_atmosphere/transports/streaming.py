@@ -9,7 +9,7 @@ from typing import Callable
 
 from ..connection import Carrier, Connection
 from ..mailbox import WRITE_BATCH, Outbound
-from ..protocol import HEARTBEAT_PADDING, frame, handshake, handshake_due, heartbeat_interval
+from ..protocol import HEARTBEAT_PADDING, frame, handshake_due
 from .http import LiveResponse, socket_abort, watch_eof
 
 __all__ = ["serve", "pump", "open_stream"]
@@ -73,8 +73,7 @@ def open_stream(connection: Connection, new: bool, environ, mimetype: str,
     track = connection.track
     hello = None
     if handshake_due(connection.params):
-        hello = encode_text(frame(handshake(connection.uuid,
-                                            int(settings.client_heartbeat_interval * 1000)), track))
+        hello = encode_text(connection.handshake())
     beat = encode_text(frame(HEARTBEAT_PADDING, track))
     error: list = []
 
@@ -83,9 +82,7 @@ def open_stream(connection: Connection, new: bool, environ, mimetype: str,
         try:
             if hello is not None:
                 write(hello)  # its own chunk, before anything else (§2.3)
-            pump(connection, carrier, write, encode, beat,
-                 heartbeat_interval(settings.heartbeat_interval, connection.params.heartbeat_server),
-                 keep)
+            pump(connection, carrier, write, encode, beat, connection.heartbeat_interval(), keep)
         except OSError as exc:
             error.append(exc)
             raise

@@ -16,7 +16,7 @@ from geventwebsocket.exceptions import ProtocolError, WebSocketError
 
 from ..connection import Carrier, Connection
 from ..mailbox import WRITE_BATCH, CloseRequest
-from ..protocol import HEARTBEAT_PADDING, frame, handshake, handshake_due, heartbeat_interval
+from ..protocol import HEARTBEAT_PADDING, frame, handshake_due
 from .geventws import MessageTooBig, abort, adopt, encode_frame
 
 __all__ = ["serve"]
@@ -42,16 +42,14 @@ def serve(connection: Connection, new: bool, ws) -> None:
     carrier = Carrier(lambda: abort(ws))
     connection.attach(carrier)
     if handshake_due(params):
-        hello = handshake(connection.uuid, int(settings.client_heartbeat_interval * 1000))
         try:
-            ws.send_frame(frame(hello, connection.track), TEXT)
+            ws.send_frame(connection.handshake(), TEXT)
         except WebSocketError as exc:
             connection.detach(carrier, error=exc)  # gone before it started
             return
     reader_done = Event()
     writer = gevent.spawn(_write, connection, carrier, ws, reader_done, settings.close_timeout,
-                          heartbeat_interval(settings.heartbeat_interval, params.heartbeat_server),
-                          settings.write_timeout)
+                          connection.heartbeat_interval(), settings.write_timeout)
     gone, error = False, None
     try:
         if new:
