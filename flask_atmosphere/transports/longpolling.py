@@ -61,10 +61,14 @@ def serve(connection: Connection, new: bool, environ, jsonp_callback: str | None
             stop_watching()
         if batch is None or (not batch and not connection.serves(carrier)):
             return  # closed, or another poll took over: an empty answer
-        text = "".join(frame(outbound.text, track) for _, outbound in batch) \
-            if batch else frame(HEARTBEAT_PADDING, track)
+        if not batch:
+            data = _encode(frame(HEARTBEAT_PADDING, track), jsonp_callback)
+        elif jsonp_callback is None:  # each message framed once for all its clients
+            data = b"".join(outbound.encoded(track) for _, outbound in batch)
+        else:
+            data = _encode("".join(frame(o.text, track) for _, o in batch), jsonp_callback)
         try:
-            write(_encode(text, jsonp_callback))
+            write(data)
         except OSError as exc:
             mailbox.requeue(batch)
             failure.append(exc)
