@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 import gevent
+from gevent.event import Event
 from gevent.lock import Semaphore
 
 from .broadcaster import Broadcast
@@ -49,12 +50,15 @@ class Carrier:
         abort: cuts the request at once (set by the transport when it can,
             e.g. by shutting its socket down).
         lost: the peer went away (seen by the transport); it serves no more.
+        ended: set once it serves no more (lost, or superseded by a newer
+            request), for a transport that waits on something else.
     """
-    __slots__ = ("abort", "lost")
+    __slots__ = ("abort", "lost", "ended")
 
     def __init__(self, abort: Callable[[], None] | None = None):
         self.abort = abort or (lambda: None)
         self.lost = False
+        self.ended = Event()
 
 
 class Connection:
@@ -171,6 +175,8 @@ class Connection:
         if self._grace_timer is not None:
             self._grace_timer.close()
             self._grace_timer = None
+        if self.carrier is not None:
+            self.carrier.ended.set()
         self.carrier = carrier
         self.mailbox.interrupt()
 
@@ -182,6 +188,7 @@ class Connection:
         """The peer of ``carrier`` went away: it stops waiting for messages
         (which stay queued for the client's next request)."""
         carrier.lost = True
+        carrier.ended.set()
         if self.carrier is carrier:
             self.mailbox.interrupt()
 

@@ -18,12 +18,16 @@ __all__ = ["NO_CACHE", "SOCKET_KEY", "LiveResponse", "error_response", "socket_a
 SOCKET_KEY = "flask_atmosphere.socket"
 
 #: Headers of every transport response: no caching (as the Java server's
-#: CacheHeadersInterceptor, §4), and no buffering by an nginx in front.
+#: CacheHeadersInterceptor, §4), no buffering by an nginx in front, and no
+#: MIME sniffing: Chromium holds back the first kilobyte of a text/plain XHR
+#: response to sniff it, so a legacy streaming client would see nothing (the
+#: Java server escapes this only through its 2 KB of padding).
 NO_CACHE = {
     "Cache-Control": "no-store, no-cache, must-revalidate",
     "Pragma": "no-cache",
     "Expires": "-1",
     "X-Accel-Buffering": "no",
+    "X-Content-Type-Options": "nosniff",
 }
 
 

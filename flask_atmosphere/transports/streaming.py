@@ -16,6 +16,10 @@ __all__ = ["serve", "pump", "open_stream"]
 
 Write = Callable[[bytes], None]
 
+#: Seconds a legacy streaming client gets after its handshake (when it does
+#: not track message sizes) or on a reconnect, before the first message.
+LEGACY_SETTLE = 0.1
+
 
 def pump(connection: Connection, carrier: Carrier, write: Write,
          encode: Callable[[int, Outbound], bytes], beat: bytes, heartbeat: float | None,
@@ -53,7 +57,7 @@ def pump(connection: Connection, carrier: Carrier, write: Write,
 
 def open_stream(connection: Connection, new: bool, environ, mimetype: str,
                 encode: Callable[[int, Outbound], bytes], encode_text: Callable[[str], bytes],
-                keep: bool = False) -> LiveResponse:
+                keep: bool = False, legacy_xhr: bool = False) -> LiveResponse:
     """The response of a streaming transport: handshake (if due, §2.3), then
     the pumped messages and heartbeats, each as one flushed chunk.
 
@@ -64,6 +68,8 @@ def open_stream(connection: Connection, new: bool, environ, mimetype: str,
         encode: the bytes of one queued message (see :func:`pump`).
         encode_text: the bytes of one write of plain text (handshake, heartbeat).
         keep: as for :func:`pump`.
+        legacy_xhr: the legacy client reads this transport by XHR progress
+            events (it does for streaming, not for SSE).
     """
     settings = connection.atmosphere.settings(connection.app)
     carrier = Carrier(socket_abort(environ))
@@ -77,11 +83,22 @@ def open_stream(connection: Connection, new: bool, environ, mimetype: str,
     beat = encode_text(frame(HEARTBEAT_PADDING, track))
     error: list = []
 
+    # The legacy (2.x-4.x) XHR client reads a stream by progress events:
+    # it drops what shares one with the handshake when it does not track
+    # sizes (§2.3), and on a reconnect it opens a few requests and aborts
+    # the first at once, taking whatever was written there with it. Give it
+    # a moment before the first message, unless this request ends meanwhile.
+    version = connection.params.framework_version
+    settle = legacy_xhr and version is not None and version[0] < 5 \
+        and (not new or (hello is not None and not track))
+
     def body(write: Write) -> None:
         stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
         try:
             if hello is not None:
                 write(hello)  # its own chunk, before anything else (§2.3)
+            if settle and carrier.ended.wait(LEGACY_SETTLE):
+                return
             pump(connection, carrier, write, encode, beat, connection.heartbeat_interval(), keep)
         except OSError as exc:
             error.append(exc)
@@ -101,4 +118,4 @@ def serve(connection: Connection, new: bool, environ):
     track = connection.track
     return open_stream(connection, new, environ, "text/plain",
                        lambda seq, outbound: outbound.encoded(track),
-                       lambda text: text.encode("utf-8"))
+                       lambda text: text.encode("utf-8"), legacy_xhr=True)
