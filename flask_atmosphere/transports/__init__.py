@@ -72,7 +72,7 @@ def admit_upgrade(atmosphere: "Atmosphere", route: "Route") -> Response | None:
     try:
         params = parse_params(request.args, request.headers)
     except ProtocolError as exc:
-        return error_response(400, str(exc))
+        return error_response(501 if isinstance(exc, VersionNotSupported) else 400, str(exc))
     try:
         _check_origin(atmosphere)
         if _resumed(atmosphere, params) is None:
