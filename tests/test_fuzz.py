@@ -68,3 +68,14 @@ def test_the_frame_reader_gives_messages_or_a_clean_error(data):
         if message is None:  # a close frame
             return
         assert isinstance(message, (str, bytearray, bytes))
+
+
+def test_a_reserved_opcode_with_a_huge_length_is_refused_before_reading():
+    # Found by the fuzzer: opcode 3 announcing 2**63 bytes.
+    ws = websocket_over(b"\x03\x7f\x80\x00\x00\x00\x00\x00\x00\x00")
+    try:
+        ws.read_message()
+    except WebSocketError as exc:
+        assert "reserved opcode" in str(exc)
+    else:
+        raise AssertionError("a reserved opcode must be refused")

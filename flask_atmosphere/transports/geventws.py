@@ -47,6 +47,10 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(length, "big")
 
 
+#: Opcodes of RFC 6455 §5.2: continuation, text, binary, close, ping, pong.
+_KNOWN_OPCODES = frozenset({0x0, 0x1, 0x2, 0x8, 0x9, 0xA})
+
+
 def encode_frame(payload: bytes, opcode: int = 0x01) -> bytes:
     """One unmasked, final server frame (RFC 6455 §5.2) carrying ``payload``:
     a broadcast encodes it once and writes the same bytes to every socket."""
@@ -62,6 +66,8 @@ class FixedWebSocket(WebSocket):
         self.handler.atmosphere_last_seen = monotonic()
         if header.flags:
             raise ProtocolError("reserved bits set without an extension")
+        if header.opcode not in _KNOWN_OPCODES:  # before reading what it announces
+            raise ProtocolError(f"reserved opcode {header.opcode}")
         handler = self.handler
         if header.opcode <= self.OPCODE_BINARY:  # a data frame: count it
             if header.opcode != self.OPCODE_CONTINUATION:
