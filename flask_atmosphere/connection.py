@@ -53,12 +53,16 @@ class Carrier:
         ended: set once it serves no more (lost, or superseded by a newer
             request), for a transport that waits on something else.
     """
-    __slots__ = ("abort", "lost", "ended")
+    __slots__ = ("abort", "lost", "ended", "try_write")
 
-    def __init__(self, abort: Callable[[], None] | None = None):
+    def __init__(self, abort: Callable[[], None] | None = None,
+                 try_write: Callable[[Outbound], bool] | None = None):
         self.abort = abort or (lambda: None)
         self.lost = False
         self.ended = Event()
+        #: Where the transport can, ``try_write(message)`` writes a message
+        #: at once without blocking and says whether it did (it took it).
+        self.try_write = try_write
 
 
 class Connection:
@@ -155,6 +159,10 @@ class Connection:
         mailbox = self.mailbox
         if mailbox.closed:
             return
+        carrier = self.carrier
+        if carrier is not None and carrier.try_write is not None and mailbox.idle \
+                and not carrier.lost and carrier.try_write(outbound):
+            return  # written straight away: no wake-up, no queue
         dropped = mailbox.dropped
         if not mailbox.put(outbound):
             log.warning("disconnecting client %s on %s: %s", self.uuid, self.path,

@@ -103,7 +103,7 @@ class Mailbox:
     kept as *sent*, and :meth:`resume` queues again exactly what it missed.
     """
     __slots__ = ("_queue", "_sent", "_bytes", "_event", "max_messages", "max_bytes",
-                 "close_request", "next_seq", "drop_oldest", "dropped")
+                 "close_request", "next_seq", "drop_oldest", "dropped", "in_flight")
 
     def __init__(self, max_messages: int, max_bytes: int, overflow: str = "disconnect"):
         if overflow not in ("disconnect", "drop-oldest"):
@@ -119,6 +119,8 @@ class Mailbox:
         self.drop_oldest = overflow == "drop-oldest"
         #: How many messages the drop-oldest policy dropped.
         self.dropped = 0
+        #: A taken batch is still being written: nothing may overtake it.
+        self.in_flight = False
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -179,6 +181,7 @@ class Mailbox:
         count = len(self._queue) if limit is None else min(limit, len(self._queue))
         batch = [self._queue.popleft() for _ in range(count)]
         self._bytes -= sum(message.size for _, message in batch)
+        self.in_flight = True
         if keep:
             self._sent.extend(batch)
             while len(self._sent) > self.max_messages:
@@ -187,9 +190,20 @@ class Mailbox:
             self._sent.clear()
         return batch
 
+    def written(self) -> None:
+        """The batch taken last is written: the next may follow."""
+        self.in_flight = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, nothing being written, not closed: a message may
+        go straight to the socket without overtaking another."""
+        return not self._queue and not self.in_flight and self.close_request is None
+
     def requeue(self, batch: list[tuple[int, Outbound]]) -> None:
         """Put back, at the front, messages taken but not written (the write
         failed): the client's next request gets them, in order."""
+        self.in_flight = False
         self._queue.extendleft(reversed(batch))
         self._bytes += sum(message.size for _, message in batch)
         if self._sent:

@@ -338,17 +338,23 @@ def test_a_full_mailbox_disconnects_only_the_slow_client(live, recorder):
     app, atmosphere = make_app(recorder, ATMOSPHERE_MAILBOX_MAX_MESSAGES=5)
     server = live(app)
     client, _ = connect(server, "/chat")
+    other, _ = connect(server, "/rooms/other")
     uuid = client.uuid
 
     def flood():
         connection = atmosphere.registry.get(uuid)
-        for i in range(10):  # no switch to the writer in between: 5 fit, the 6th overflows
+        # As if its writer were stuck in a write: everything queues. With no
+        # switch to the writer in between, 5 fit and the 6th overflows.
+        connection.mailbox.in_flight = True
+        for i in range(10):
             atmosphere.broadcaster.deliver(Broadcast("/chat", f"m{i}", Everyone))
         return connection.mailbox.close_request
 
     request = server.call(flood)
     assert request.code == 1008
     assert client.recv_close() == (1008, "slow consumer")
+    atmosphere.broadcast("/rooms/other", "unaffected")
+    assert other.recv() == "unaffected"
     recorder.wait_for(lambda items: any(who == uuid and isinstance(e, Disconnected) for who, e in items))
     disconnected = [e for e in events_of(recorder, uuid) if isinstance(e, Disconnected)]
     assert disconnected[0].by == ServerDisconnected() and "mailbox full" in str(disconnected[0].error)

@@ -70,9 +70,11 @@ def serve(connection: Connection, new: bool, environ, jsonp_callback: str | None
         try:
             write(data)
         except OSError as exc:
-            mailbox.requeue(batch)
+            if batch:
+                mailbox.requeue(batch)
             failure.append(exc)
             raise
+        mailbox.written()
 
     def done() -> None:
         connection.detach(carrier, error=failure[0] if failure else None)

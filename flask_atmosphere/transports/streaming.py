@@ -53,6 +53,7 @@ def pump(connection: Connection, carrier: Carrier, write: Write,
             except OSError:
                 mailbox.requeue(batch[index:])
                 raise
+        mailbox.written()
 
 
 def open_stream(connection: Connection, new: bool, environ, mimetype: str,

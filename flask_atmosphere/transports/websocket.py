@@ -7,6 +7,7 @@ heartbeats and the final close frame.
 from __future__ import annotations
 
 import logging
+import socket
 from time import monotonic
 
 import gevent
@@ -39,7 +40,7 @@ def serve(connection: Connection, new: bool, ws) -> None:
     settings = connection.atmosphere.settings(connection.app)
     ws = adopt(ws, settings.max_message_size)
     params = connection.params
-    carrier = Carrier(lambda: abort(ws))
+    carrier = Carrier(lambda: abort(ws), _direct_writer(connection, ws, settings.write_timeout))
     connection.attach(carrier)
     if handshake_due(params):
         try:
@@ -116,11 +117,6 @@ def _write(connection: Connection, carrier: Carrier, ws, reader_done: Event, clo
     track = connection.track
     beat = frame(HEARTBEAT_PADDING, track) if connection.params.is_atmosphere else None
     handler = ws.handler
-    key = ("websocket", track)
-
-    def encode(outbound) -> bytes:
-        return encode_frame(outbound.encoded(track))
-
     next_beat = last_write = monotonic()
     last_ping = None
     if heartbeat is not None:
@@ -135,20 +131,22 @@ def _write(connection: Connection, carrier: Carrier, ws, reader_done: Event, clo
                     ws.close(request.code, request.reason)
                 break
             if not connection.serves(carrier):
+                if batch:
+                    mailbox.requeue(batch)  # for the request that took over
                 if reader_done.is_set():
                     return
                 ws.close(1000, "superseded")
                 break
             if batch:
-                # Each message's frame is encoded once for all its clients;
-                # a batch goes out in one write.
-                data = b"".join(outbound.cached(key, encode) for _, outbound in batch)
+                # A batch goes out in one write.
+                data = b"".join(_frame(outbound, track) for _, outbound in batch)
                 try:
                     with Timeout(write_timeout, WebSocketError("write timed out")):
                         ws.send_frames(data)
                 except WebSocketError:
                     mailbox.requeue(batch)  # for the client's next request
                     raise
+                mailbox.written()
                 last_write = monotonic()
             now = monotonic()
             if heartbeat is not None and now >= next_beat:
@@ -167,3 +165,48 @@ def _write(connection: Connection, carrier: Carrier, ws, reader_done: Event, clo
         return
     if not reader_done.wait(close_timeout):
         abort(ws)
+
+
+def _frame(outbound, track: bool) -> bytes:
+    """The WebSocket frame of a message, encoded once for all its clients."""
+    return outbound.cached(("websocket", track), lambda o: encode_frame(o.encoded(track)))
+
+
+def _direct_writer(connection: Connection, ws, write_timeout: float):
+    """``try_write(message)`` for the carrier: when nothing is queued or
+    being written, a broadcast puts the frame on the socket at once (a
+    non-blocking send, safe on the hub), sparing the writer greenlet a
+    wake-up per message. What the socket does not take at once is finished
+    by a short-lived greenlet that holds the write lock, so nothing overtakes
+    it; a socket that takes nothing leaves the message to the queue."""
+    handler = ws.handler
+    track = connection.track
+
+    def try_write(outbound) -> bool:
+        lock = handler.atmosphere_write_lock
+        sock = getattr(handler.socket, "_sock", None)
+        if ws.closed or sock is None or not lock.acquire(blocking=False):
+            return False
+        data = _frame(outbound, track)
+        try:
+            sent = sock.send(data, socket.MSG_DONTWAIT)
+        except OSError:  # full, or broken: the writer takes it from here
+            lock.release()
+            return False
+        if sent == len(data):
+            lock.release()
+        else:
+            gevent.spawn(_finish_write, ws, data[sent:], lock, write_timeout)
+        return True
+
+    return try_write
+
+
+def _finish_write(ws, rest: bytes, lock, write_timeout: float) -> None:
+    try:
+        with Timeout(write_timeout, WebSocketError("write timed out")):
+            ws.handler.socket.sendall(rest)
+    except (OSError, WebSocketError):
+        abort(ws)  # half a frame is on the wire: the connection is spoiled
+    finally:
+        lock.release()
