@@ -59,8 +59,12 @@ def serve(connection: Connection, new: bool, environ, jsonp_callback: str | None
             batch = mailbox.take(heartbeat, limit=None if track else 1)
         finally:
             stop_watching()
-        if batch is None or (not batch and not connection.serves(carrier)):
-            return  # closed, or another poll took over: an empty answer
+        if batch is None:
+            return  # closed: an empty answer
+        if not connection.serves(carrier):  # another poll took over, or the peer left
+            if batch:
+                mailbox.requeue(batch)
+            return
         if not batch:
             data = _encode(frame(HEARTBEAT_PADDING, track), jsonp_callback)
         elif jsonp_callback is None:  # each message framed once for all its clients

@@ -43,9 +43,12 @@ def pump(connection: Connection, carrier: Carrier, write: Write,
         batch = mailbox.take(heartbeat, limit=WRITE_BATCH, keep=keep)
         if batch is None:
             return
+        if not connection.serves(carrier):  # another request took over, or the peer left
+            if batch:
+                mailbox.requeue(batch)
+            return
         if not batch:
-            if connection.serves(carrier):
-                write(beat)
+            write(beat)
             continue
         for index, (seq, outbound) in enumerate(batch):
             try:
