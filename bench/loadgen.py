@@ -1,0 +1,622 @@
+"""The load generator: one process, asyncio on uvloop, picows for WebSocket
+clients and aiohttp for long-polling clients.
+
+    python -m bench.loadgen --port PORT --server-pid PID --protocol plain \
+        --clients 1000 --messages 2000 --rate 100
+
+It connects one sender and N receivers to a server started by the harness
+(``bench/harness.py``), sends M stamped JSON messages through the sender at a
+fixed rate or as fast as a window of W in-flight messages allows, and has
+every receiver check and time what it gets. It reads the server's RSS and CPU
+time from ``/proc/<pid>``. It prints its progress on stderr (lines starting
+with ``phase:``, which the harness watches to start a profiler) and one JSON
+object with every number on the last line of stdout.
+
+Everything is bounded: M messages, at most ``--max-seconds`` of sending, and
+the drain after the last send ends once every message has reached every
+receiver or nothing arrived for ``--idle-timeout`` seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import sys
+import time
+from array import array
+
+perf = time.perf_counter
+loads = json.loads
+#: the sequence number and send time of a message, found without a full JSON
+#: parse (json.loads was a third of the load generator's time per delivery);
+#: every relay here keeps the key order, and Socket.IO's JSON has spaces
+_STAMP = re.compile(rb'"seq": ?(-?[0-9]+), ?"t": ?([0-9.]+)')
+
+#: latency histogram: buckets of 10 us below 1 s, of 1 ms from 1 s to 100 s;
+#: the last one catches everything slower
+_FINE = 100_000            # buckets per second below 1 s
+_COARSE = 1_000            # buckets per second from 1 s
+_LAST_BUCKET = _FINE + 99 * _COARSE
+_PROBE = -1
+
+
+def _bucket(latency: float) -> int:
+    if latency < 1.0:
+        return int(latency * _FINE) if latency > 0 else 0
+    bucket = _FINE + int((latency - 1.0) * _COARSE)
+    return bucket if bucket < _LAST_BUCKET else _LAST_BUCKET
+
+
+def _bucket_top_ms(bucket: int) -> float:
+    """The upper edge of a bucket, in ms."""
+    if bucket < _FINE:
+        return (bucket + 1) * 1000 / _FINE
+    return 1000.0 + (bucket - _FINE + 1) * 1000 / _COARSE
+
+
+def log(*parts) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# -- the server process, seen through /proc ------------------------------------
+
+class ServerProc:
+    """RSS and CPU time of the server process (all its threads)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_s(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+        return (int(fields[11]) + int(fields[12])) / self.tick
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def core_times() -> dict[int, tuple[float, float]]:
+    """(busy, total) seconds of each core since boot, from /proc/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cores = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *values = line.split()
+                values = [int(v) for v in values]
+                idle = values[3] + values[4]  # idle + iowait
+                total = sum(values[:8])       # without guest time (counted in user)
+                cores[int(name[3:])] = ((total - idle) / tick, total / tick)
+    return cores
+
+
+# -- the run's book-keeping ----------------------------------------------------
+
+class Run:
+    """What every receiver reports to: counts, order, duplicates, latency."""
+
+    def __init__(self, n: int, m: int):
+        self.n = n
+        self.m = m
+        self.counts = array("I", bytes(4 * m))  # receivers that got message i
+        self.hist = array("I", bytes(4 * (_LAST_BUCKET + 1)))
+        self.max_latency = 0.0
+        self.deliveries = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.completed = 0         # messages that reached all n receivers
+        self.last_delivery = 0.0
+        self.first_delivery = 0.0
+        self.ready = 0             # receivers that saw a probe
+        self.ready_at = None
+        self.ready_event = asyncio.Event()
+        self.progress = asyncio.Event()
+        self.waiting = False
+        self.disconnects = 0
+        self.errors = 0
+        self.measuring = False
+
+    def deliver(self, receiver, seq: int, sent: float) -> None:
+        now = perf()
+        if seq < 0:  # a readiness probe
+            if not receiver.ready:
+                receiver.ready = True
+                self.ready += 1
+                if self.ready >= self.n:
+                    self.ready_at = now
+                    self.ready_event.set()
+            return
+        seen = receiver.seen
+        if seen[seq]:
+            self.duplicates += 1
+            return
+        seen[seq] = 1
+        latency = now - sent
+        if 0.0 <= latency < 1.0:
+            self.hist[int(latency * _FINE)] += 1
+        else:
+            self.hist[_bucket(latency)] += 1
+        if latency > self.max_latency:
+            self.max_latency = latency
+        if seq < receiver.top:
+            self.out_of_order += 1
+        else:
+            receiver.top = seq
+        count = self.counts[seq] + 1
+        self.counts[seq] = count
+        if not self.deliveries:
+            self.first_delivery = now
+        self.deliveries += 1
+        self.last_delivery = now
+        if count == self.n:
+            self.completed += 1
+            if self.waiting:
+                self.progress.set()
+
+    def percentiles(self, *ps: float) -> list[float | None]:
+        total = sum(self.hist)
+        if not total:
+            return [None for _ in ps]
+        wanted = sorted((p, i) for i, p in enumerate(ps))
+        out: list[float | None] = [None] * len(ps)
+        running, k = 0, 0
+        for bucket, count in enumerate(self.hist):
+            if not count:
+                continue
+            running += count
+            while k < len(wanted) and running >= wanted[k][0] / 100 * total:
+                out[wanted[k][1]] = round(_bucket_top_ms(bucket), 2)
+                k += 1
+            if k == len(wanted):
+                break
+        return out
+
+
+# -- WebSocket clients (picows) ------------------------------------------------
+
+def make_ws_listener_class():
+    from picows import WSListener, WSMsgType
+
+    TEXT, CLOSE = WSMsgType.TEXT, WSMsgType.CLOSE
+
+    class WsClient(WSListener):
+        """One WebSocket client: a receiver, or the sender (``run`` None).
+
+        ``protocol`` is ``"plain"`` (JSON text frames) or ``"socketio"``
+        (Engine.IO v4 / Socket.IO v5 framing: ``0`` open, ``40`` connect,
+        ``42[event,data]`` messages, ping ``2`` answered with ``3``)."""
+
+        def __init__(self, run: Run | None, protocol: str):
+            super().__init__()
+            self.run = run
+            self.socketio = protocol == "socketio"
+            self.transport = None
+            self.opened = asyncio.get_running_loop().create_future()
+            self.ready = False
+            self.seen = None
+            self.top = -1
+
+        def on_ws_connected(self, transport):
+            self.transport = transport
+            if not self.socketio and not self.opened.done():
+                self.opened.set_result(None)
+
+        def on_ws_frame(self, transport, frame):
+            msg_type = frame.msg_type
+            if msg_type is TEXT:
+                data = frame.get_payload_as_bytes()
+                try:
+                    if self.socketio:
+                        if data.startswith(b"42"):
+                            if self.run is not None:
+                                stamp = _STAMP.search(data)
+                                self.run.deliver(self, int(stamp[1]), float(stamp[2]))
+                        elif data == b"2":
+                            transport.send(TEXT, b"3")
+                        elif data.startswith(b"40"):
+                            if not self.opened.done():
+                                self.opened.set_result(None)
+                        elif data.startswith(b"0"):
+                            transport.send(TEXT, b"40")
+                    elif self.run is not None:
+                        stamp = _STAMP.search(data)
+                        self.run.deliver(self, int(stamp[1]), float(stamp[2]))
+                except Exception as exc:  # a frame we cannot read: count it
+                    if self.run is not None:
+                        self.run.errors += 1
+                        if self.run.errors <= 3:
+                            log(f"bad frame {data[:80]!r}: {exc!r}")
+            elif msg_type is CLOSE:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+
+        def on_ws_disconnected(self, transport):
+            if self.run is not None:
+                self.run.disconnects += 1
+            if not self.opened.done():
+                self.opened.set_exception(ConnectionError("closed before it opened"))
+
+    return WsClient
+
+
+async def ws_client(url: str, run: Run | None, protocol: str, cls, timeout: float):
+    from picows import ws_connect
+    transport, listener = await ws_connect(
+        lambda: cls(run, protocol), url, websocket_handshake_timeout=timeout,
+        read_buffer_init_size=4096, enable_auto_pong=True)
+    await asyncio.wait_for(listener.opened, timeout)
+    return listener
+
+
+# -- long-polling clients (aiohttp) --------------------------------------------
+
+class Poller:
+    """A long-polling receiver; ``protocol`` ``plain`` speaks the Atmosphere
+    protocol (handshake, tracking id, length-framed messages), ``socketio``
+    Engine.IO v4 polling."""
+
+    def __init__(self, run: Run, protocol: str, session, base: str):
+        self.run = run
+        self.protocol = protocol
+        self.session = session
+        self.base = base
+        self.ready = False
+        self.seen = None
+        self.top = -1
+        self.url = None
+        self.polls = 0
+
+    async def open(self) -> None:
+        if self.protocol == "plain":
+            url = (f"{self.base}/the-chat?X-Atmosphere-Transport=long-polling"
+                   "&X-Atmosphere-Framework=5.0.0&X-atmo-protocol=true"
+                   "&X-Atmosphere-TrackMessageSize=true&Content-Type=application/json")
+            async with self.session.get(url + "&X-Atmosphere-tracking-id=0") as response:
+                body = await response.text()
+            uuid = body.split("|")[1]
+            self.url = url + "&X-Atmosphere-tracking-id=" + uuid
+        else:
+            base = f"{self.base}/socket.io/?EIO=4&transport=polling"
+            async with self.session.get(base) as response:
+                body = await response.text()
+            sid = loads(body[1:].split("\x1e")[0])["sid"]
+            self.url = f"{base}&sid={sid}"
+            async with self.session.post(self.url, data=b"40") as response:
+                await response.read()
+
+    async def loop(self, stop: asyncio.Event) -> None:
+        try:
+            await self._loop(stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.run.errors += 1
+            self.run.disconnects += 1
+            if self.run.errors <= 3:
+                log(f"a poller failed: {exc!r}")
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        run, session, url = self.run, self.session, self.url
+        plain = self.protocol == "plain"
+        while not stop.is_set():
+            async with session.get(url) as response:
+                body = await response.text()
+                status = response.status
+            self.polls += 1
+            if status != 200:
+                run.errors += 1
+                log(f"poll answered {status}: {body[:100]!r}")
+                return
+            if plain:
+                position = 0
+                while position < len(body):
+                    bar = body.index("|", position)
+                    length = int(body[position:bar])
+                    text = body[bar + 1:bar + 1 + length]
+                    position = bar + 1 + length
+                    if text != "X":
+                        stamp = _STAMP.search(text.encode())
+                        run.deliver(self, int(stamp[1]), float(stamp[2]))
+            else:
+                for packet in body.split("\x1e"):
+                    if packet.startswith("42"):
+                        stamp = _STAMP.search(packet.encode())
+                        run.deliver(self, int(stamp[1]), float(stamp[2]))
+                    elif packet == "2":
+                        async with session.post(url, data=b"3") as response:
+                            await response.read()
+                    elif packet == "1":
+                        run.disconnects += 1
+                        return
+
+
+# -- the run -------------------------------------------------------------------
+
+def message_template(size: int, protocol: str) -> bytes:
+    """A ``%``-template of the JSON message, padded to about ``size`` bytes
+    (with a sequence number of 4 digits and a timestamp of 6 decimals)."""
+    head = '{"seq":%d,"t":%.6f,"author":"bench","message":"'
+    sample = len((head % (1000, 12345.123456)) + '"}')
+    pad = "x" * max(0, size - sample)
+    body = head + pad + '"}'
+    if protocol == "socketio":
+        body = '42["msg",' + body + "]"
+    return body.encode()
+
+
+async def gather_bounded(factories, concurrency: int):
+    """Run the coroutine factories at most ``concurrency`` at a time; return
+    (results, exceptions) in order of completion."""
+    semaphore = asyncio.Semaphore(concurrency)
+    results, failures = [], []
+
+    async def one(factory):
+        async with semaphore:
+            try:
+                results.append(await factory())
+            except Exception as exc:
+                failures.append(exc)
+
+    await asyncio.gather(*(one(f) for f in factories))
+    return results, failures
+
+
+async def main(args) -> dict:
+    from picows import WSMsgType
+    TEXT = WSMsgType.TEXT
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, args.clients + 1024))
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if args.clients + 64 > want:
+        raise SystemExit(f"the file-descriptor limit {hard} is too low for {args.clients} clients")
+
+    server = ServerProc(args.server_pid)
+    WsClient = make_ws_listener_class()
+    protocol = args.protocol
+    host = f"127.0.0.1:{args.port}"
+    if protocol == "socketio":
+        ws_url = f"ws://{host}/socket.io/?EIO=4&transport=websocket"
+    else:
+        ws_url = f"ws://{host}/the-chat"
+    n, m = args.clients, args.messages
+    run = Run(n, m)
+    out: dict = {"clients": n, "messages": m, "rate": args.rate, "window": args.window,
+                 "transport": args.transport, "protocol": protocol}
+
+    # the sender first: it also warms the server up (first request, imports)
+    sender = await ws_client(ws_url, None, protocol, WsClient, args.connect_timeout)
+    await asyncio.sleep(args.settle)
+    rss_before = server.rss_kib()
+    cpu_connect0 = server.cpu_s()
+
+    log(f"phase: connect {n} {args.transport} receivers")
+    session = None
+    pollers: list[Poller] = []
+    connect_times: list[float] = []
+    t_connect = perf()
+    if args.transport == "ws":
+        async def connect_one():
+            start = perf()
+            listener = await ws_client(ws_url, run, protocol, WsClient, args.connect_timeout)
+            connect_times.append(perf() - start)
+            return listener
+        receivers, failures = await gather_bounded([connect_one] * n, args.connect_concurrency)
+    else:
+        import aiohttp
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=args.connect_timeout,
+                                          sock_read=120))
+
+        async def open_one():
+            start = perf()
+            poller = Poller(run, protocol, session, f"http://{host}")
+            await poller.open()
+            connect_times.append(perf() - start)
+            return poller
+        receivers, failures = await gather_bounded([open_one] * n, args.connect_concurrency)
+        pollers = receivers
+    connect_wall = perf() - t_connect
+    out["connect"] = {
+        "wall_s": round(connect_wall, 3),
+        "per_s": round(len(receivers) / connect_wall, 1) if connect_wall else None,
+        "p50_ms": round(_pct(connect_times, 50) * 1000, 2) if connect_times else None,
+        "p99_ms": round(_pct(connect_times, 99) * 1000, 2) if connect_times else None,
+        "failures": len(failures),
+    }
+    if failures:
+        log(f"{len(failures)} connections failed, e.g. {failures[0]!r}")
+    run.n = n = len(receivers)
+    if not n:
+        raise SystemExit("no receiver connected")
+
+    stop_polling = asyncio.Event()
+    poll_tasks = [asyncio.ensure_future(p.loop(stop_polling)) for p in pollers]
+
+    await asyncio.sleep(args.settle)
+    rss_after = server.rss_kib()
+    out["rss"] = {"before_kib": rss_before, "after_kib": rss_after,
+                  "per_connection_bytes": round((rss_after - rss_before) * 1024 / n)}
+    log(f"phase: connected {n} in {connect_wall:.2f}s, RSS {rss_before} -> {rss_after} KiB")
+
+    # readiness: probes until every receiver got one (all registered, paths warm)
+    probe = message_template(args.size, protocol) % (_PROBE, perf())
+    deadline = perf() + args.connect_timeout + n / 200
+    while run.ready < n and perf() < deadline:
+        sender.transport.send(TEXT, probe)
+        try:
+            await asyncio.wait_for(run.ready_event.wait(), 1.0)
+        except asyncio.TimeoutError:
+            pass
+    out["not_ready"] = n - run.ready
+    # ready: from the first connection attempt until every receiver got a probe,
+    # i.e. until the server really has them all (a handshake can come first)
+    out["connect"]["ready_s"] = (round(run.ready_at - t_connect - args.settle, 3)
+                                 if run.ready_at else None)
+    out["connect"]["server_cpu_us_per_connection"] = round(
+        (server.cpu_s() - cpu_connect0) * 1e6 / n, 1)
+    if run.ready < n:
+        log(f"{n - run.ready} receivers never got a probe")
+    for receiver in receivers:
+        receiver.seen = bytearray(m)
+    await asyncio.sleep(0.5)  # let the last probes drain
+
+    template = message_template(args.size, protocol)
+    out["message_bytes"] = len(template % (m // 2, perf())) - (len(b'42["msg",]') if protocol == "socketio" else 0)
+    rate, window = args.rate, args.window
+    if not rate and not window:
+        window = 10
+    stalled = False
+    lag_max = 0.0
+
+    log(f"phase: run {m} messages, rate {rate or 'max'}, window {window or '-'}")
+    cores0, cpu0, own0 = core_times(), server.cpu_s(), own_cpu_s()
+    t0 = perf()
+    end_by = t0 + args.max_seconds
+    transport = sender.transport
+    sent = 0
+    for i in range(m):
+        if rate:
+            due = t0 + i / rate
+            delay = due - perf()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                lag_max = max(lag_max, -delay)
+        if window:
+            while i - run.completed >= window:
+                run.progress.clear()
+                run.waiting = True
+                try:
+                    await asyncio.wait_for(run.progress.wait(), args.idle_timeout)
+                except asyncio.TimeoutError:
+                    if perf() - max(run.last_delivery, t0) >= args.idle_timeout:
+                        stalled = True
+                        break
+                finally:
+                    run.waiting = False
+            if stalled:
+                break
+        if perf() > end_by:
+            stalled = True
+            break
+        transport.send(TEXT, template % (i, perf()))
+        sent += 1
+        if not rate and i % 64 == 63:
+            await asyncio.sleep(0)  # let the receivers read
+    t_sent = perf()
+    # drain: until everything arrived, or nothing arrived for idle_timeout
+    while run.completed < sent:
+        await asyncio.sleep(0.02)
+        if perf() - max(run.last_delivery, t_sent) >= args.idle_timeout:
+            break
+    t_end = run.last_delivery if run.deliveries else perf()
+    cpu1, own1, cores1 = server.cpu_s(), own_cpu_s(), core_times()
+    log("phase: done")
+    wall = max(t_end - t0, 1e-9)
+    server_cpu = cpu1 - cpu0
+    expected = sent * n
+    p50, p90, p99, p999 = run.percentiles(50, 90, 99, 99.9)
+    out.update({
+        "sent": sent,
+        "expected_deliveries": expected,
+        "deliveries": run.deliveries,
+        "lost": expected - run.deliveries,
+        "duplicates": run.duplicates,
+        "out_of_order": run.out_of_order,
+        "disconnects": run.disconnects,
+        "errors": run.errors,
+        "stalled": stalled,
+        "send_s": round(t_sent - t0, 3),
+        "duration_s": round(wall, 3),
+        "sender_lag_max_ms": round(lag_max * 1000, 2),
+        "deliveries_per_s": round(run.deliveries / wall, 1),
+        "messages_per_s": round(sent / wall, 2),
+        "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "p99.9": p999,
+                       "max": round(run.max_latency * 1000, 2)},
+        "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_util": round(server_cpu / wall, 3),
+        "server_cpu_us_per_delivery": round(server_cpu * 1e6 / run.deliveries, 2)
+        if run.deliveries else None,
+        "loadgen_cpu_s": round(own1 - own0, 3),
+        "loadgen_cpu_util": round((own1 - own0) / wall, 3),
+        "loadgen_cpu_us_per_delivery": round((own1 - own0) * 1e6 / run.deliveries, 2)
+        if run.deliveries else None,
+        "core_busy": {str(core): round((cores1[core][0] - cores0[core][0])
+                                       / max(cores1[core][1] - cores0[core][1], 1e-9), 3)
+                      for core in cores1 if core in cores0},
+    })
+    if pollers:
+        out["polls"] = sum(p.polls for p in pollers)
+    # tidy up, without waiting for the server
+    stop_polling.set()
+    for task in poll_tasks:
+        task.cancel()
+    await asyncio.gather(*poll_tasks, return_exceptions=True)
+    if session is not None:
+        await session.close()
+    if args.transport == "ws":
+        for receiver in receivers:
+            if receiver.transport is not None:
+                receiver.transport.disconnect(graceful=False)
+    sender.transport.disconnect(graceful=False)
+    return out
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--protocol", choices=["plain", "socketio"], default="plain")
+    parser.add_argument("--transport", choices=["ws", "poll"], default="ws",
+                        help="how the receivers connect (the sender always uses a WebSocket)")
+    parser.add_argument("--clients", type=int, default=100, help="receivers (N)")
+    parser.add_argument("--messages", type=int, default=200, help="messages to send (M)")
+    parser.add_argument("--rate", type=float, default=0,
+                        help="messages per second; 0: as fast as the window allows")
+    parser.add_argument("--window", type=int, default=0,
+                        help="at most W messages in flight (sent, not yet received by all); "
+                             "0: no window (10 when --rate is 0)")
+    parser.add_argument("--size", type=int, default=150, help="message size in bytes")
+    parser.add_argument("--connect-concurrency", type=int, default=100)
+    parser.add_argument("--connect-timeout", type=float, default=30)
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds to wait before reading the server's RSS")
+    parser.add_argument("--idle-timeout", type=float, default=5.0,
+                        help="end the run when nothing arrived for this long")
+    parser.add_argument("--max-seconds", type=float, default=300.0,
+                        help="stop sending after this long")
+    return parser.parse_args(argv)
+
+
+def cli(argv=None) -> None:
+    args = parse_args(argv)
+    import uvloop
+    result = uvloop.run(main(args))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    cli()
