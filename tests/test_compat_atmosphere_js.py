@@ -63,7 +63,6 @@ the upgrade is refused, the second time to transport "none", unless
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +71,11 @@ from urllib.parse import parse_qs, urlsplit
 import gevent
 import pytest
 from flask import Response, abort, send_file
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from conftest import LiveServer, Recorder
-from test_browser_demo import CHROMIUM, CHROMIUM_ARGS
+from test_browser_demo import browser  # noqa: F401  (the module's one Chromium)
 from test_websocket import make_app
 
 HERE = Path(__file__).parent
@@ -152,15 +151,6 @@ def server_without_websocket():
     live = LiveServer(app)
     yield Server(live, atmosphere)
     live.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert os.access(CHROMIUM, os.X_OK), f"these tests need Chromium at {CHROMIUM}"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @dataclass
