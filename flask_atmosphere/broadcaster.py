@@ -1,9 +1,9 @@
-"""Fan-out: from one broadcast to the mailboxes of its targets.
+"""Fan-out: from one broadcast to the sockets and mailboxes of its targets.
 
-Everything that touches the registry or a mailbox runs on the gevent hub
-thread that serves the connections. A call from any other OS thread (a worker
-thread, a scheduler) is handed over to that hub with
-``loop.run_callback_threadsafe``; a call from a greenlet of the hub runs at once.
+Everything that touches the registry, a mailbox or a socket on behalf of a
+broadcast runs on the gevent hub thread that serves the connections. A call
+from any other OS thread (a worker thread, a scheduler) is handed over to
+that hub with ``loop.run_callback_threadsafe``.
 """
 from __future__ import annotations
 
@@ -13,17 +13,22 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from gevent.monkey import get_original
 
-from .filters import ClientFilter
+from .filters import ClientFilter, Everyone, SkipSelf
 from .mailbox import Outbound
 from .registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backplane import Backplane
 
-__all__ = ["Broadcast", "Broadcaster"]
+__all__ = ["Broadcast", "Broadcaster", "fan_out"]
 
 log = logging.getLogger("flask_atmosphere")
 _native_thread_id = get_original("_thread", "get_ident")
+
+
+#: The most consecutive broadcasts that go out in one write: enough to spare
+#: most of the syscalls of a burst, few enough to keep the write small.
+MAX_COALESCED = 32
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,16 @@ class Broadcast:
 
 
 class Broadcaster:
-    """Delivers broadcasts to the mailboxes of the local clients.
+    """Delivers broadcasts to the local clients.
+
+    A broadcast is not fanned out on the spot: it joins the pending work of
+    the hub, which runs as soon as the hub gets to it (the broadcasting
+    greenlet yields). Consecutive broadcasts to the same broadcaster that
+    pile up meanwhile (a busy sender, a burst of server pushes) go out
+    together: each message is rendered once per wire format, and each
+    client gets *one* write carrying all of them, the same bytes for every
+    client that gets the same messages. Calls queued with :meth:`call` (a
+    ``send``, a ``close``) keep their place in that order.
 
     Args:
         registry: the live connections.
@@ -58,6 +72,9 @@ class Broadcaster:
         self.backplane = backplane
         self._loop = None
         self._thread_id = None
+        self._pending: list = []   # Broadcast, or (fn, args), in order
+        self._flushing = False
+        self._scheduled = False
         backplane.start(self.deliver)
 
     def attach(self, hub, replace: bool = False) -> None:
@@ -71,52 +88,155 @@ class Broadcaster:
     def detach(self, hub) -> None:
         """Forget ``hub`` if it is the adopted one (its server stopped)."""
         if self._loop is hub.loop:
+            self.flush()
             self._loop = self._thread_id = None
 
     def call(self, fn: Callable, *args) -> None:
-        """Run ``fn(*args)`` on the hub thread: now if this is that thread (or
-        no hub is attached yet), else as soon as the hub gets to it."""
-        if self._loop is None or self._thread_id == _native_thread_id():
+        """Run ``fn(*args)`` on the hub thread, after any broadcast still
+        pending: now if this is that thread (or no hub is attached yet) and
+        nothing is pending, else as soon as the hub gets to it."""
+        if self._loop is None:
             fn(*args)
+        elif self._thread_id != _native_thread_id():
+            self._loop.run_callback_threadsafe(self.call, fn, *args)
+        elif self._pending or self._flushing:
+            self._pending.append((fn, args))
+            self._schedule()
         else:
-            self._loop.run_callback_threadsafe(fn, *args)
+            fn(*args)
 
     def publish(self, broadcast: Broadcast) -> None:
         """Send ``broadcast`` through the backplane, from any thread."""
-        self.call(self.backplane.publish, broadcast)
+        if self._loop is not None and self._thread_id != _native_thread_id():
+            self._loop.run_callback_threadsafe(self.backplane.publish, broadcast)
+        else:
+            self.backplane.publish(broadcast)
 
     def deliver(self, broadcast: Broadcast) -> None:
-        """Queue ``broadcast`` to each matching local client (hub thread only).
-
-        The message is rendered once per wire format and the same
-        :class:`Outbound` goes to every target. A message a wire format cannot
-        render, or a filter that raises, is logged and skips only the clients
-        concerned.
-        """
-        if broadcast.exact:
-            targets = self.registry.at(broadcast.path)
+        """Fan ``broadcast`` out to the matching local clients, on the hub
+        thread: as soon as the hub gets to it (see the class), or at once
+        when no hub is attached."""
+        self._pending.append(broadcast)
+        if self._loop is None:
+            self.flush()
         else:
-            targets = self.registry.under(broadcast.path)
-        rendered: dict = {}
-        allows = broadcast.to.allows
-        sender = broadcast.sender
-        for connection in targets:
-            try:
-                if not allows(connection.client, sender):
-                    continue
-            except Exception:
-                log.exception("client filter %r failed for client %s; skipped",
-                              broadcast.to, connection.uuid)
-                continue
-            wire_format = connection.wire_format
-            outbound = rendered.get(wire_format)
-            if outbound is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.run_callback(self.flush)
+
+    def flush(self) -> None:
+        """Fan out every pending broadcast and run every pending call, in
+        order, now (hub thread only)."""
+        self._scheduled = False
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self._pending:
+                pending, self._pending = self._pending, []
+                self._run(pending)
+        finally:
+            self._flushing = False
+
+    def _run(self, pending: list) -> None:
+        i, n = 0, len(pending)
+        while i < n:
+            item = pending[i]
+            if type(item) is tuple:
+                fn, args = item
+                i += 1
                 try:
-                    outbound = Outbound(wire_format.render(broadcast.message))
-                except Exception as exc:
-                    log.error("cannot render a broadcast to %s with %r: %s",
-                              broadcast.path, wire_format, exc)
-                    outbound = exc
-                rendered[wire_format] = outbound
-            if not isinstance(outbound, Exception):
-                connection.enqueue(outbound)
+                    fn(*args)
+                except Exception:
+                    log.exception("%r failed", fn)
+                continue
+            j, end = i + 1, min(n, i + MAX_COALESCED)
+            while j < end and type(pending[j]) is Broadcast and pending[j].path == item.path \
+                    and pending[j].exact == item.exact:
+                j += 1
+            try:
+                fan_out(self.registry, pending[i:j])
+            except Exception:
+                log.exception("broadcast to %s failed", item.path)
+            i = j
+
+
+def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
+    """Deliver ``batch``, broadcasts to one broadcaster (same ``path`` and
+    ``exact``), in order, to each client that its filters allow.
+
+    A client a transport can write to at once (``Connection.direct``) gets
+    one write with every message meant for it, framed by its transport; the
+    framed bytes are made once and shared by every such client that gets the
+    same messages. The others get each message queued in their mailbox. A
+    message a wire format cannot render, or a filter that raises, is logged
+    and skips only the clients concerned.
+    """
+    first = batch[0]
+    targets = registry.at(first.path) if first.exact else registry.under(first.path)
+    if not targets:
+        return
+    everyone = tuple(range(len(batch)))
+    # Everyone and SkipSelf need no call per client: only the senders of a
+    # SkipSelf broadcast miss something.
+    simple = all(b.to is Everyone or b.to is SkipSelf for b in batch)
+    skips = {b.sender for b in batch if b.to is SkipSelf and b.sender is not None}
+    rendered: dict = {}   # wire format -> [Outbound | None per broadcast]
+    framed: dict = {}     # (framing, wire format, allowed) -> bytes
+    last_framing = last_wire_format = last_allowed = data = None
+    for connection in targets:
+        if simple and connection.uuid not in skips:
+            allowed = everyone
+        else:
+            allowed = _allowed(batch, connection)
+            if not allowed:
+                continue
+        wire_format = connection.wire_format
+        outbounds = rendered.get(wire_format)
+        if outbounds is None:
+            outbounds = rendered[wire_format] = _render(batch, wire_format)
+        direct = connection.direct
+        if direct is not None:
+            framing = connection.framing
+            if framing is not last_framing or wire_format is not last_wire_format \
+                    or allowed is not last_allowed:
+                key = (framing, wire_format, allowed)
+                data = framed.get(key)
+                if data is None:
+                    data = framed[key] = framing.encode(
+                        [outbounds[k] for k in allowed if outbounds[k] is not None])
+                last_framing, last_wire_format, last_allowed = framing, wire_format, allowed
+            if not data or direct(data):
+                continue
+        for k in allowed:
+            if outbounds[k] is not None:
+                connection.enqueue(outbounds[k])
+
+
+def _allowed(batch: list[Broadcast], connection) -> tuple:
+    """The indices of the broadcasts of ``batch`` meant for ``connection``."""
+    allowed = []
+    for k, broadcast in enumerate(batch):
+        try:
+            if broadcast.to.allows(connection.client, broadcast.sender):
+                allowed.append(k)
+        except Exception:
+            log.exception("client filter %r failed for client %s; skipped",
+                          broadcast.to, connection.uuid)
+    return tuple(allowed)
+
+
+def _render(batch: list[Broadcast], wire_format) -> list:
+    """Each message of ``batch`` rendered by ``wire_format``, ``None`` where it cannot be."""
+    outbounds = []
+    for broadcast in batch:
+        try:
+            outbounds.append(Outbound(wire_format.render(broadcast.message)))
+        except Exception as exc:
+            log.error("cannot render a broadcast to %s with %r: %s",
+                      broadcast.path, wire_format, exc)
+            outbounds.append(None)
+    return outbounds

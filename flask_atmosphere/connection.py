@@ -52,17 +52,24 @@ class Carrier:
         lost: the peer went away (seen by the transport); it serves no more.
         ended: set once it serves no more (lost, or superseded by a newer
             request), for a transport that waits on something else.
+        direct: where the transport can write from the hub without blocking,
+            ``direct(data: bytes) -> bool`` writes ``data`` (whole messages
+            framed by ``framing``) at once if nothing else is queued or being
+            written, and says whether it took them; else ``None``.
+        framing: with ``direct``, what frames messages for it: an object
+            with ``encode(outbounds: list[Outbound]) -> bytes``, shared by
+            every connection framed alike (the broadcaster frames a message
+            once per ``framing``).
     """
-    __slots__ = ("abort", "lost", "ended", "try_write")
+    __slots__ = ("abort", "lost", "ended", "direct", "framing")
 
     def __init__(self, abort: Callable[[], None] | None = None,
-                 try_write: Callable[[Outbound], bool] | None = None):
+                 direct: Callable[[bytes], bool] | None = None, framing: Any = None):
         self.abort = abort or (lambda: None)
         self.lost = False
         self.ended = Event()
-        #: Where the transport can, ``try_write(message)`` writes a message
-        #: at once without blocking and says whether it did (it took it).
-        self.try_write = try_write
+        self.direct = direct
+        self.framing = framing
 
 
 class Connection:
@@ -92,6 +99,10 @@ class Connection:
         self.mailbox = Mailbox(settings.mailbox_max_messages, settings.mailbox_max_bytes,
                                settings.mailbox_overflow)
         self.carrier: Carrier | None = None
+        #: The serving carrier's ``direct`` and ``framing`` while it can take
+        #: writes from the hub (read by the broadcaster for every broadcast).
+        self.direct: Callable[[bytes], bool] | None = None
+        self.framing: Any = None
         self._lock = Semaphore()
         self._opened = False     # Connected was delivered
         self._finished = False   # Disconnected is decided (delivered or on its way)
@@ -137,7 +148,7 @@ class Connection:
     def send(self, message: Any) -> None:
         """Queue ``message`` for this client (see ``AtmosphereClient.send``)."""
         outbound = Outbound(self.wire_format.render(message))
-        self.atmosphere.broadcaster.call(self.enqueue, outbound)
+        self.atmosphere.broadcaster.call(self.push, outbound)
 
     def broadcast(self, message: Any, to: Any) -> None:
         """Broadcast to this client's broadcaster (see ``AtmosphereClient.broadcast``)."""
@@ -153,16 +164,19 @@ class Connection:
         if self.mailbox.close(request) and self.carrier is None:
             gevent.spawn(self.finish)  # no request to tell: done now
 
+    def push(self, outbound: Outbound) -> None:
+        """Write ``outbound`` at once if the transport can, else queue it
+        (hub thread only)."""
+        direct = self.direct
+        if direct is None or not direct(self.framing.encode([outbound])):
+            self.enqueue(outbound)
+
     def enqueue(self, outbound: Outbound) -> None:
         """Append to the mailbox (hub thread only); a full mailbox disconnects
         this client and logs why, once."""
         mailbox = self.mailbox
         if mailbox.closed:
             return
-        carrier = self.carrier
-        if carrier is not None and carrier.try_write is not None and mailbox.idle \
-                and not carrier.lost and carrier.try_write(outbound):
-            return  # written straight away: no wake-up, no queue
         dropped = mailbox.dropped
         if not mailbox.put(outbound):
             log.warning("disconnecting client %s on %s: %s", self.uuid, self.path,
@@ -186,6 +200,7 @@ class Connection:
         if self.carrier is not None:
             self.carrier.ended.set()
         self.carrier = carrier
+        self.direct, self.framing = carrier.direct, carrier.framing
         self.mailbox.interrupt()
 
     def serves(self, carrier: Carrier) -> bool:
@@ -198,6 +213,7 @@ class Connection:
         carrier.lost = True
         carrier.ended.set()
         if self.carrier is carrier:
+            self.direct = None
             self.mailbox.interrupt()
 
     def detach(self, carrier: Carrier, gone: bool = False, error: BaseException | None = None) -> None:
@@ -208,6 +224,7 @@ class Connection:
         if self.carrier is not carrier:
             return  # superseded: the newer request carries on
         self.carrier = None
+        self.direct = None
         if self._finished:
             return
         if gone or not self.resumable or self.mailbox.closed or self.grace_period <= 0:

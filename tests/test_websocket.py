@@ -348,6 +348,7 @@ def test_a_full_mailbox_disconnects_only_the_slow_client(live, recorder):
         connection.mailbox.in_flight = True
         for i in range(10):
             atmosphere.broadcaster.deliver(Broadcast("/chat", f"m{i}", Everyone))
+        atmosphere.broadcaster.flush()
         return connection.mailbox.close_request
 
     request = server.call(flood)

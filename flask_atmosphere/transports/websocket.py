@@ -40,7 +40,8 @@ def serve(connection: Connection, new: bool, ws) -> None:
     settings = connection.atmosphere.settings(connection.app)
     ws = adopt(ws, settings.max_message_size)
     params = connection.params
-    carrier = Carrier(lambda: abort(ws), _direct_writer(connection, ws, settings.write_timeout))
+    carrier = Carrier(lambda: abort(ws), _direct_writer(connection, ws, settings.write_timeout),
+                      FRAMING[connection.track])
     connection.attach(carrier)
     if handshake_due(params):
         try:
@@ -115,6 +116,7 @@ def _write(connection: Connection, carrier: Carrier, ws, reader_done: Event, clo
     """
     mailbox = connection.mailbox
     track = connection.track
+    framing = FRAMING[track]
     beat = frame(HEARTBEAT_PADDING, track) if connection.params.is_atmosphere else None
     handler = ws.handler
     next_beat = last_write = monotonic()
@@ -139,7 +141,7 @@ def _write(connection: Connection, carrier: Carrier, ws, reader_done: Event, clo
                 break
             if batch:
                 # A batch goes out in one write.
-                data = b"".join(_frame(outbound, track) for _, outbound in batch)
+                data = framing.encode([outbound for _, outbound in batch])
                 try:
                     with Timeout(write_timeout, WebSocketError("write timed out")):
                         ws.send_frames(data)
@@ -167,42 +169,71 @@ def _write(connection: Connection, carrier: Carrier, ws, reader_done: Event, clo
         abort(ws)
 
 
-def _frame(outbound, track: bool) -> bytes:
-    """The WebSocket frame of a message, encoded once for all its clients."""
-    return outbound.cached(("websocket", track), lambda o: encode_frame(o.encoded(track)))
+class WebSocketFraming:
+    """Frames messages as WebSocket text frames (RFC 6455 §5.6), one per
+    message, each length-framed (§3 of the protocol) if ``track``.
+
+    A broadcast frames a message once per framing and writes the same bytes
+    to every client framed alike (see ``Carrier.framing``).
+    """
+    __slots__ = ("track", "key")
+
+    def __init__(self, track: bool):
+        self.track = track
+        self.key = ("websocket", track)
+
+    def frame(self, outbound) -> bytes:
+        """The frame of one message (an ``Outbound``), made once and kept on it."""
+        return outbound.cached(self.key, self._make)
+
+    def _make(self, outbound) -> bytes:
+        return encode_frame(outbound.encoded(self.track))
+
+    def encode(self, outbounds) -> bytes:
+        """The frames of ``outbounds`` (a list of ``Outbound``), one after another."""
+        if len(outbounds) == 1:
+            return self.frame(outbounds[0])
+        return b"".join([self.frame(outbound) for outbound in outbounds])
+
+
+#: The two framings, by ``X-Atmosphere-TrackMessageSize``.
+FRAMING = {False: WebSocketFraming(False), True: WebSocketFraming(True)}
 
 
 def _direct_writer(connection: Connection, ws, write_timeout: float):
-    """``try_write(message)`` for the carrier: when nothing is queued or
-    being written, a broadcast puts the frame on the socket at once (a
+    """``direct(data)`` for the carrier: when nothing is queued or being
+    written, a broadcast puts its frames on the socket at once (a
     non-blocking send, safe on the hub), sparing the writer greenlet a
     wake-up per message. What the socket does not take at once is finished
     by a short-lived greenlet that holds the write lock, so nothing overtakes
-    it; a socket that takes nothing leaves the message to the queue."""
+    it; a socket that takes nothing leaves the messages to the queue."""
     handler = ws.handler
-    track = connection.track
+    mailbox = connection.mailbox
+    lock = handler.atmosphere_write_lock
+    sock = getattr(handler.socket, "_sock", None)
+    if sock is None:
+        return None
+    send = sock.send
+    dontwait = socket.MSG_DONTWAIT
 
-    def try_write(outbound) -> bool:
-        lock = handler.atmosphere_write_lock
-        sock = getattr(handler.socket, "_sock", None)
-        if ws.closed or sock is None or not lock.acquire(blocking=False):
+    def direct(data: bytes) -> bool:
+        if not mailbox.idle or ws.closed or not lock.acquire(blocking=False):
             return False
-        data = _frame(outbound, track)
         try:
-            sent = sock.send(data, socket.MSG_DONTWAIT)
+            sent = send(data, dontwait)
         except OSError:  # full, or broken: the writer takes it from here
             lock.release()
             return False
         if sent == len(data):
             lock.release()
         else:
-            gevent.spawn(_finish_write, ws, data[sent:], lock, write_timeout)
+            gevent.spawn(_finish_write, ws, memoryview(data)[sent:], lock, write_timeout)
         return True
 
-    return try_write
+    return direct
 
 
-def _finish_write(ws, rest: bytes, lock, write_timeout: float) -> None:
+def _finish_write(ws, rest: memoryview, lock, write_timeout: float) -> None:
     try:
         with Timeout(write_timeout, WebSocketError("write timed out")):
             ws.handler.socket.sendall(rest)
