@@ -13,7 +13,8 @@ from flask import Response, request
 if TYPE_CHECKING:  # pragma: no cover
     from .extension import Atmosphere
 
-__all__ = ["origin_allowed", "own_origin", "refusal", "cors_headers", "preflight", "Refused"]
+__all__ = ["origin_allowed", "own_origin", "refusal", "cors_headers", "cors_headers_for",
+           "preflight", "Refused"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _WEB_SCHEME = {"ws": "http", "wss": "https"}
@@ -116,11 +117,20 @@ def cors_headers(atmosphere: "Atmosphere") -> dict[str, str]:
     """CORS response headers for the current request (§4, the Java
     server's CorsInterceptor): the request's own origin, echoed only when it
     is allowed and foreign; nothing otherwise."""
-    origin = request.headers.get("Origin")
-    if origin is None or origin == own_origin():
+    return cors_headers_for(request.headers.get("Origin"), atmosphere.settings().allowed_origins,
+                            own_origin())
+
+
+def cors_headers_for(origin: str | None, allowed: tuple[str, ...] | None,
+                     own: str) -> dict[str, str]:
+    """The CORS response headers (§4) for a request with the ``Origin``
+    header ``origin`` (``None`` when absent), under
+    ``ATMOSPHERE_ALLOWED_ORIGINS`` ``allowed``, addressed to the server's
+    own origin ``own`` (see :func:`origin_allowed`): an empty dict for a
+    request without ``Origin``, from the same origin, or from a refused one."""
+    if origin is None or origin == own:
         return {}
-    allowed = atmosphere.settings().allowed_origins
-    if not origin_allowed(origin, allowed, own_origin()):
+    if not origin_allowed(origin, allowed, own):
         return {}
     headers = {"Access-Control-Allow-Origin": origin,
                "Access-Control-Expose-Headers": "X-Atmosphere-tracking-id, X-Heartbeat-Server",

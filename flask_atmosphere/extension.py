@@ -83,6 +83,8 @@ class Atmosphere:
             app.register_blueprint(Blueprint(
                 "atmosphere", __name__, static_folder="static",
                 static_url_path=settings.static_url_path))
+        # The polls of known long-polling clients are answered before Flask.
+        transports.fastpath.install(self, app)
 
     def settings(self, app: Flask | None = None) -> Settings:
         """The settings read from ``app``'s config at ``init_app`` (by default

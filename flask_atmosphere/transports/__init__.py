@@ -25,7 +25,7 @@ from ..client import ConnectRequest
 from ..connection import Connection
 from ..protocol import (PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, VersionNotSupported,
                         new_tracking_id, parse_params, valid_tracking_id)
-from . import longpolling, sse, streaming, websocket
+from . import fastpath, longpolling, sse, streaming, websocket
 from .http import NO_CACHE, error_response
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -139,6 +139,7 @@ def _dispatch(atmosphere: "Atmosphere", route: "Route", ws) -> Response:
         if offer == "sse":
             return sse.serve(connection, new, request.environ, request.headers.get("Last-Event-ID"))
         callback = request.args.get("jsonpTransport", "atmosphere") if offer == "jsonp" else None
+        fastpath.remember(connection, request.environ, own_origin())  # its next polls may go lean
         return longpolling.serve(connection, new, request.environ, callback)
     if transport == "websocket" or request.headers.get("Upgrade", "").lower() == "websocket":
         # Not upgraded: the server has no WebSocket support (§8.1); clients fall back.

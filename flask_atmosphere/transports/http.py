@@ -10,7 +10,8 @@ import gevent
 
 from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
-__all__ = ["NO_CACHE", "SOCKET_KEY", "LiveResponse", "error_response", "socket_abort", "watch_eof"]
+__all__ = ["NO_CACHE", "SOCKET_KEY", "LiveResponse", "DeferredResponse", "error_response",
+           "socket_abort", "timed_writer", "watch_eof"]
 
 #: The WSGI environ key under which ``AtmosphereHandler`` (server.py) puts
 #: the request's socket, so that a transport can see a peer leave while a
@@ -63,13 +64,8 @@ class LiveResponse(Response):
 
     def __call__(self, environ, start_response):
         status, headers = self.get_wsgi_response(environ)[1:]
-
-        def write(data: bytes) -> None:
-            with gevent.Timeout(self._write_timeout, TimeoutError("write timed out")):
-                send(data)
-
         try:
-            send = start_response(status, headers)
+            write = timed_writer(environ, start_response(status, headers), self._write_timeout)
             write(b"")
             self._body(write)
         except TimeoutError:
@@ -79,6 +75,59 @@ class LiveResponse(Response):
         finally:
             self._done()
         return []
+
+
+class DeferredResponse(Response):
+    """A Flask response that hands the answer over to ``respond``, once
+    Flask has made its headers final (``after_request`` hooks, cookies,
+    CORS): ``respond(start_response, status, headers)`` is then called in
+    its place as a WSGI app would be, with the status line (``str``) and the
+    headers (a list of ``(name, value)`` strings), and returns the
+    (already written) body iterable.
+
+    The same ``respond`` serves a request that never went through Flask
+    (see ``transports/fastpath.py``), so both answer alike.
+
+    Args:
+        respond: the callable described above.
+        **kwargs: as for ``flask.Response`` (status, content_type, headers).
+    """
+
+    def __init__(self, respond: Callable[[Callable, str, list], list], **kwargs):
+        # An iterator, not a list: nothing makes up a Content-Length.
+        super().__init__(iter(()), **kwargs)
+        self._respond = respond
+
+    def __call__(self, environ, start_response):
+        status, headers = self.get_wsgi_response(environ)[1:]
+        return self._respond(start_response, status, list(headers))
+
+
+def timed_writer(environ, write: Callable[[bytes], None], timeout: float
+                 ) -> Callable[[bytes], None]:
+    """``write`` (the WSGI ``write`` callable) bounded to ``timeout`` seconds
+    per call: past it the call raises ``TimeoutError``.
+
+    Where the server shows the request's socket (``SOCKET_KEY``), the bound
+    is the socket's own timeout, set for the length of the call: gevent
+    then starts a timer only if a send would block. Elsewhere each call
+    runs under a ``gevent.Timeout``.
+    """
+    sock = environ.get(SOCKET_KEY)
+    if sock is None:
+        def bounded(data: bytes) -> None:
+            with gevent.Timeout(timeout, TimeoutError("write timed out")):
+                write(data)
+        return bounded
+
+    def bounded_by_socket(data: bytes) -> None:
+        previous = sock.timeout
+        sock.settimeout(timeout)
+        try:
+            write(data)
+        finally:
+            sock.settimeout(previous)
+    return bounded_by_socket
 
 
 def error_response(status: int, reason: str) -> Response:

@@ -19,71 +19,149 @@ from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
 from ..connection import Carrier, Connection
 from ..protocol import HEARTBEAT_PADDING, frame
-from .http import NO_CACHE, LiveResponse, socket_abort, watch_eof
+from .http import NO_CACHE, DeferredResponse, socket_abort, timed_writer, watch_eof
 
-__all__ = ["serve"]
+__all__ = ["serve", "Poll", "content_type"]
 
 _NOT_A_NAME = re.compile(r"[^A-Za-z0-9]")
 
+_PLAIN = "text/plain; charset=utf-8"
+_SCRIPT = "application/javascript; charset=utf-8"
+
+
+def content_type(jsonp_callback: str | None) -> str:
+    """The ``Content-Type`` of a poll's answer: ``text/plain`` for
+    long-polling, ``application/javascript`` for JSONP (§4.5)."""
+    return _PLAIN if jsonp_callback is None else _SCRIPT
+
 
 def serve(connection: Connection, new: bool, environ, jsonp_callback: str | None = None):
-    """Serve one poll of ``connection``.
+    """Serve one poll of ``connection`` (the full path, through Flask).
 
     Args:
         connection: the client; ``new`` if it gets ``Connected``.
         environ: the WSGI environ of the request.
         jsonp_callback: the ``jsonpTransport`` parameter for JSONP, else ``None``.
+    Returns:
+        the Flask response: the handshake, or the held poll.
     """
-    settings = connection.atmosphere.settings(connection.app)
-    params = connection.params
-    track = connection.track
-    content_type = ("text/plain; charset=utf-8" if jsonp_callback is None
-                    else "application/javascript; charset=utf-8")
-    carrier = Carrier(socket_abort(environ))
-    connection.attach(carrier)
     if new:
+        connection.attach(Carrier(socket_abort(environ)))
         connection.open()
+        params = connection.params
+        if params.protocol and params.tracking_id == "0":
+            connection.detach(connection.carrier)  # it polls again at once, with its uuid
+            return Response(_encode(connection.handshake(), jsonp_callback),
+                            content_type=content_type(jsonp_callback), headers=NO_CACHE)
+        carrier = connection.carrier
+    else:
+        carrier = None
+    poll = Poll(connection, environ, jsonp_callback, carrier)
+    return DeferredResponse(poll.respond, content_type=content_type(jsonp_callback),
+                            headers=NO_CACHE)
 
-    if params.protocol and params.tracking_id == "0":
-        connection.detach(carrier)  # it polls again at once, with its uuid
-        return Response(_encode(connection.handshake(), jsonp_callback), content_type=content_type,
-                        headers=NO_CACHE)
 
-    heartbeat = connection.heartbeat_interval()
-    mailbox = connection.mailbox
-    failure: list = []
+class Poll:
+    """One poll of a client, held until there is something to say: attached
+    to the client at once, answered by :meth:`respond`.
 
-    def body(write) -> None:
-        stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
+    Both paths use it: through Flask (:func:`serve`) and in front of it
+    (``transports/fastpath.py``).
+
+    Args:
+        connection: the client.
+        environ: the WSGI environ of the request.
+        jsonp_callback: the ``jsonpTransport`` parameter for JSONP, else ``None``.
+        carrier: the request's ``Carrier`` if it is attached already, else
+            one is made and attached here.
+    """
+    __slots__ = ("connection", "environ", "jsonp_callback", "carrier")
+
+    def __init__(self, connection: Connection, environ, jsonp_callback: str | None = None,
+                 carrier: Carrier | None = None):
+        self.connection = connection
+        self.environ = environ
+        self.jsonp_callback = jsonp_callback
+        if carrier is None:
+            carrier = Carrier(socket_abort(environ))
+            connection.attach(carrier)
+        self.carrier = carrier
+
+    def respond(self, start_response, status: str, headers: list) -> list:
+        """Answer the poll as a WSGI app would, with ``status`` and
+        ``headers`` (``(name, value)`` strings, without a length).
+
+        When messages are queued already (the usual case under load), they
+        go at once, with a ``Content-Length``, headers and body together.
+        Otherwise the headers go at once (§4.2: the clients' ``open`` waits
+        for them) and the body, chunked, once there is something to say:
+        every queued message (each length-framed) when the client tracks
+        message sizes, else just one (Appendix C); a heartbeat after a quiet
+        period; nothing once the client is closed.
+
+        Returns:
+            ``[]``: everything is written already.
+        """
+        connection, carrier, environ = self.connection, self.carrier, self.environ
+        mailbox = connection.mailbox
+        limit = None if connection.track else 1
+        write_timeout = connection.atmosphere.settings(connection.app).write_timeout
+        batch = None
+        failure = None
         try:
-            batch = mailbox.take(heartbeat, limit=None if track else 1)
+            if len(mailbox) or mailbox.closed:  # taken without waiting
+                batch = mailbox.take(None, limit)
+                data = self._answer(batch)
+                if data is None:
+                    batch = None
+                    data = b""
+                headers.append(("Content-Length", str(len(data))))
+                write = timed_writer(environ, start_response(status, headers), write_timeout)
+            else:
+                write = timed_writer(environ, start_response(status, headers), write_timeout)
+                write(b"")  # the headers, now
+                stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
+                try:
+                    batch = mailbox.take(connection.heartbeat_interval(), limit)
+                finally:
+                    stop_watching()
+                data = self._answer(batch)
+                if data is None:
+                    return []  # an empty answer
+            try:
+                write(data)
+            except OSError as exc:
+                if batch:
+                    mailbox.requeue(batch)
+                failure = exc
+                raise
+            if batch is not None:
+                mailbox.written()
+        except TimeoutError:
+            socket_abort(environ)()
+        except OSError:
+            pass  # the peer is gone
         finally:
-            stop_watching()
+            connection.detach(carrier, error=failure)
+        return []
+
+    def _answer(self, batch) -> bytes | None:
+        """The body for what ``take`` gave: ``None`` for nothing at all (the
+        client is closed, or this poll was superseded: the batch goes back)."""
         if batch is None:
-            return  # closed: an empty answer
-        if not connection.serves(carrier):  # another poll took over, or the peer left
+            return None
+        connection = self.connection
+        if not connection.serves(self.carrier):  # another poll took over, or the peer left
             if batch:
-                mailbox.requeue(batch)
-            return
+                connection.mailbox.requeue(batch)
+            return None
+        track = connection.track
+        callback = self.jsonp_callback
         if not batch:
-            data = _encode(frame(HEARTBEAT_PADDING, track), jsonp_callback)
-        elif jsonp_callback is None:  # each message framed once for all its clients
-            data = b"".join(outbound.encoded(track) for _, outbound in batch)
-        else:
-            data = _encode("".join(frame(o.text, track) for _, o in batch), jsonp_callback)
-        try:
-            write(data)
-        except OSError as exc:
-            if batch:
-                mailbox.requeue(batch)
-            failure.append(exc)
-            raise
-        mailbox.written()
-
-    def done() -> None:
-        connection.detach(carrier, error=failure[0] if failure else None)
-
-    return LiveResponse(body, done, settings.write_timeout, content_type=content_type)
+            return _encode(frame(HEARTBEAT_PADDING, track), callback)
+        if callback is None:  # each message framed once for all its clients
+            return b"".join(outbound.encoded(track) for _, outbound in batch)
+        return _encode("".join(frame(o.text, track) for _, o in batch), callback)
 
 
 def _encode(text: str, jsonp_callback: str | None) -> bytes:

@@ -1,0 +1,212 @@
+"""The lean path: the polls of a known long-polling client answered in
+front of Flask.
+
+A long-polling client sends one GET per answer it gets (§4.2), so under load
+most requests are polls of clients the server knows already. Through Flask
+each one costs a request and an app context, URL matching, the session, the
+parameters parsed anew and a response object, for an answer that depends on
+none of them. :class:`LeanPolls` is a WSGI middleware that
+``Atmosphere.init_app`` puts in front of ``app.wsgi_app``; it answers such a
+poll itself, doing what the full path does for it (parameters, origin and
+CORS, resume, hold, answer) with the same :class:`~.longpolling.Poll`, so
+both answer byte for byte alike.
+
+It takes a request only when it knows what the full path would do with it:
+
+* a GET, not an upgrade, with ``X-Atmosphere-tracking-id`` of a live client
+  whose last poll went the full way (a *ticket*, :func:`remember`) with the
+  same path, host, scheme, server and script name (so Flask would route it
+  to the same atmosphere route, and the request's own origin is the same);
+* ``X-Atmosphere-Transport`` ``long-polling``, ``polling`` or ``jsonp``,
+  offered by the app, without ``X-Atmosphere-Post-Body``; well-formed
+  parameters, none of them as a real header (§1.3);
+* an ``Origin`` that is absent or allowed (CORS headers as
+  ``admission.cors_headers`` makes them);
+* an app without per-request hooks (``before_request``, ``after_request``,
+  ``teardown_request``, ``teardown_appcontext``, URL value preprocessors,
+  request or app-context signal receivers) and with Flask's own cookie
+  sessions, where the poll carries no session cookie that Flask would
+  refresh (``SESSION_REFRESH_EACH_REQUEST``).
+
+Everything else goes the full way, unchanged: new clients (tracking id ``0``)
+and unknown tracking ids, POSTs (messages run the app's ``receive`` inside the
+request), ``close``, streaming, SSE, WebSocket, preflights, refusals
+(a foreign origin gets its 403 there) and malformed requests.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+import werkzeug.urls  # noqa: F401  registers the "werkzeug.url_quote" error handler
+from flask import Flask, signals
+from flask.sessions import SecureCookieSessionInterface
+
+from ..admission import cors_headers_for, origin_allowed
+from ..protocol import ProtocolError, parse_params
+from . import longpolling
+from .http import NO_CACHE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..connection import Connection
+    from ..extension import Atmosphere
+
+__all__ = ["LeanPolls", "install", "remember"]
+
+#: The environ keys that decide how Flask routes a request and what its own
+#: origin is: a ticket holds their values as the full path saw them.
+_ROUTE_KEYS = ("PATH_INFO", "SCRIPT_NAME", "HTTP_HOST", "wsgi.url_scheme", "SERVER_NAME",
+               "SERVER_PORT")
+
+#: ``X-Atmosphere-Transport`` values served here, with the
+#: ``ATMOSPHERE_TRANSPORTS`` name that offers each.
+_POLLING = {"long-polling": "long-polling", "polling": "long-polling", "jsonp": "jsonp"}
+
+#: Environ keys of real headers that override query parameters (§1.3).
+_HEADER_PARAMS = ("HTTP_X_ATMOSPHERE_", "HTTP_X_HEARTBEAT_SERVER", "HTTP_X_ATMO_PROTOCOL")
+
+#: Signals that Flask sends for every request it handles.
+_REQUEST_SIGNALS = (signals.request_started, signals.request_finished,
+                    signals.request_tearing_down, signals.appcontext_pushed,
+                    signals.appcontext_popped, signals.appcontext_tearing_down)
+
+_NO_CORS: dict = {}
+
+# Connection -> (route key, own origin) of its last poll through Flask.
+_tickets: "weakref.WeakKeyDictionary[Connection, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def remember(connection: "Connection", environ, own_origin: str) -> None:
+    """Note that a poll of ``connection`` went the full way with ``environ``
+    (the request's WSGI environ, as Flask saw it) and that the request's own
+    origin was ``own_origin`` (``"http://host:port"``): its next polls with
+    the same route key may take the lean path."""
+    _tickets[connection] = (tuple(environ.get(key) for key in _ROUTE_KEYS), own_origin)
+
+
+def install(atmosphere: "Atmosphere", app: Flask) -> bool:
+    """Put :class:`LeanPolls` in front of ``app.wsgi_app``, if it is still
+    Flask's own: a middleware wrapped before (e.g. ``ProxyFix``) may change
+    the environ in ways the lean path cannot know, so then every request goes
+    the full way. One wrapped later sits in front and is fine.
+
+    Returns:
+        whether it was installed.
+    """
+    wsgi_app = app.wsgi_app
+    if getattr(wsgi_app, "__func__", None) is not Flask.wsgi_app \
+            or getattr(wsgi_app, "__self__", None) is not app:
+        return False
+    app.wsgi_app = LeanPolls(atmosphere, app, wsgi_app)
+    return True
+
+
+class LeanPolls:
+    """WSGI middleware: answers the polls of known long-polling clients
+    without Flask (see the module's description) and passes everything else
+    to ``wsgi_app``.
+
+    Args:
+        atmosphere: the extension.
+        app: the Flask app.
+        wsgi_app: what to call for every other request (Flask's ``wsgi_app``).
+    """
+
+    def __init__(self, atmosphere: "Atmosphere", app: Flask, wsgi_app):
+        self.atmosphere = atmosphere
+        self.app = app
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") == "GET" \
+                and "tracking-id=" in environ.get("QUERY_STRING", ""):
+            poll = self.lean_poll(environ)
+            if poll is not None:
+                return poll(environ, start_response)
+        return self.wsgi_app(environ, start_response)
+
+    def lean_poll(self, environ):
+        """The WSGI app that answers the poll ``environ`` on the lean path,
+        or ``None`` if the request must go the full way. Once it returns an
+        app, the poll is attached to its client."""
+        if "HTTP_UPGRADE" in environ:
+            return None
+        args = _query_args(environ.get("QUERY_STRING", ""))
+        if args is None or "X-Atmosphere-Post-Body" in args:
+            return None
+        try:
+            params = parse_params(args)
+        except ProtocolError:
+            return None
+        offer = _POLLING.get(params.transport)
+        if offer is None or params.tracking_id == "0":
+            return None
+        connection = self.atmosphere.registry.get(params.tracking_id)
+        if connection is None or connection.finished:
+            return None
+        ticket = _tickets.get(connection)
+        if ticket is None:
+            return None
+        route_key, own_origin = ticket
+        if tuple(environ.get(key) for key in _ROUTE_KEYS) != route_key:
+            return None
+        if any(key.startswith(_HEADER_PARAMS) for key in environ):
+            return None
+        if not self._plain_request(environ):
+            return None
+        settings = self.atmosphere.settings(self.app)
+        if offer not in settings.transports:
+            return None
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is None:
+            cors = _NO_CORS
+        elif origin_allowed(origin, settings.allowed_origins, own_origin):
+            cors = cors_headers_for(origin, settings.allowed_origins, own_origin)
+        else:
+            return None  # refused the full way: 403, logged
+        callback = args.get("jsonpTransport", "atmosphere") if offer == "jsonp" else None
+
+        connection.params = params  # as the full path's resume does
+        poll = longpolling.Poll(connection, environ, callback)
+        headers = list(NO_CACHE.items())
+        headers.append(("Content-Type", longpolling.content_type(callback)))
+        headers.extend(cors.items())
+
+        def respond(environ, start_response):
+            return poll.respond(start_response, "200 OK", headers)
+        return respond
+
+    def _plain_request(self, environ) -> bool:
+        """Whether Flask would do nothing of its own for this request beyond
+        what the lean path does: no hooks, no signal receivers, no session
+        cookie to refresh."""
+        app = self.app
+        if any(app.before_request_funcs.values()) or any(app.after_request_funcs.values()) \
+                or any(app.teardown_request_funcs.values()) \
+                or any(app.url_value_preprocessors.values()) or app.teardown_appcontext_funcs:
+            return False
+        if any(signal.receivers for signal in _REQUEST_SIGNALS):
+            return False
+        if type(app.session_interface) is not SecureCookieSessionInterface:
+            return False
+        cookie = environ.get("HTTP_COOKIE")
+        if cookie and app.config["SESSION_REFRESH_EACH_REQUEST"] \
+                and app.config["SESSION_COOKIE_NAME"] in cookie:
+            return False
+        return True
+
+
+def _query_args(query: str) -> dict[str, str] | None:
+    """The query parameters as Flask's ``request.args`` reads them (first
+    value of each name, in order), or ``None`` if they are not UTF-8."""
+    if not query.isascii():
+        try:
+            query = query.encode("latin-1").decode()
+        except UnicodeError:
+            return None
+    args: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote"):
+        if key not in args:
+            args[key] = value
+    return args
