@@ -44,7 +44,7 @@ from flask import Flask, signals
 from flask.sessions import SecureCookieSessionInterface
 
 from ..admission import cors_headers_for, origin_allowed
-from ..protocol import ProtocolError, parse_params
+from ..protocol import AtmosphereParams, ProtocolError, parse_params
 from . import longpolling
 from .http import NO_CACHE
 
@@ -73,8 +73,24 @@ _REQUEST_SIGNALS = (signals.request_started, signals.request_finished,
 
 _NO_CORS: dict = {}
 
-# Connection -> (route key, own origin) of its last poll through Flask.
-_tickets: "weakref.WeakKeyDictionary[Connection, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+#: How the official clients name the tracking id in the query (§1.1).
+_TRACKING_ID = "X-Atmosphere-tracking-id="
+
+
+class _Ticket:
+    """What the lean path knows of a client from its last poll through
+    Flask: the route key and own origin of that request, and the last query
+    string it parsed for the client with what it made of it."""
+    __slots__ = ("route_key", "own_origin", "query", "parsed")
+
+    def __init__(self, route_key: tuple, own_origin: str):
+        self.route_key = route_key
+        self.own_origin = own_origin
+        self.query: str | None = None
+        self.parsed: tuple[dict[str, str], AtmosphereParams] | None = None
+
+
+_tickets: "weakref.WeakKeyDictionary[Connection, _Ticket]" = weakref.WeakKeyDictionary()
 
 
 def remember(connection: "Connection", environ, own_origin: str) -> None:
@@ -82,7 +98,7 @@ def remember(connection: "Connection", environ, own_origin: str) -> None:
     (the request's WSGI environ, as Flask saw it) and that the request's own
     origin was ``own_origin`` (``"http://host:port"``): its next polls with
     the same route key may take the lean path."""
-    _tickets[connection] = (tuple(environ.get(key) for key in _ROUTE_KEYS), own_origin)
+    _tickets[connection] = _Ticket(tuple(environ.get(key) for key in _ROUTE_KEYS), own_origin)
 
 
 def install(atmosphere: "Atmosphere", app: Flask) -> bool:
@@ -132,27 +148,39 @@ class LeanPolls:
         app, the poll is attached to its client."""
         if "HTTP_UPGRADE" in environ:
             return None
-        args = _query_args(environ.get("QUERY_STRING", ""))
-        if args is None or "X-Atmosphere-Post-Body" in args:
-            return None
-        try:
-            params = parse_params(args)
-        except ProtocolError:
-            return None
+        query = environ.get("QUERY_STRING", "")
+        registry = self.atmosphere.registry
+        # The tracking id as the official clients write it, as a hint: the
+        # query is parsed anew unless it is the one parsed last for that client.
+        start = query.find(_TRACKING_ID)
+        connection = None
+        if start >= 0:
+            start += len(_TRACKING_ID)
+            end = query.find("&", start)
+            connection = registry.get(query[start:] if end < 0 else query[start:end])
+        ticket = None if connection is None else _tickets.get(connection)
+        if ticket is not None and ticket.query == query:
+            args, params = ticket.parsed
+        else:
+            parsed = _parse(query)
+            if parsed is None:
+                return None
+            args, params = parsed
+            if params.tracking_id == "0":
+                return None
+            connection = registry.get(params.tracking_id)
+            ticket = None if connection is None else _tickets.get(connection)
+            if ticket is None:
+                return None
+            ticket.query, ticket.parsed = query, parsed
         offer = _POLLING.get(params.transport)
-        if offer is None or params.tracking_id == "0":
+        if offer is None or connection.finished:
             return None
-        connection = self.atmosphere.registry.get(params.tracking_id)
-        if connection is None or connection.finished:
+        if tuple(environ.get(key) for key in _ROUTE_KEYS) != ticket.route_key:
             return None
-        ticket = _tickets.get(connection)
-        if ticket is None:
-            return None
-        route_key, own_origin = ticket
-        if tuple(environ.get(key) for key in _ROUTE_KEYS) != route_key:
-            return None
-        if any(key.startswith(_HEADER_PARAMS) for key in environ):
-            return None
+        for key in environ:
+            if key.startswith(_HEADER_PARAMS):
+                return None
         if not self._plain_request(environ):
             return None
         settings = self.atmosphere.settings(self.app)
@@ -161,8 +189,8 @@ class LeanPolls:
         origin = environ.get("HTTP_ORIGIN")
         if origin is None:
             cors = _NO_CORS
-        elif origin_allowed(origin, settings.allowed_origins, own_origin):
-            cors = cors_headers_for(origin, settings.allowed_origins, own_origin)
+        elif origin_allowed(origin, settings.allowed_origins, ticket.own_origin):
+            cors = cors_headers_for(origin, settings.allowed_origins, ticket.own_origin)
         else:
             return None  # refused the full way: 403, logged
         callback = args.get("jsonpTransport", "atmosphere") if offer == "jsonp" else None
@@ -197,9 +225,11 @@ class LeanPolls:
         return True
 
 
-def _query_args(query: str) -> dict[str, str] | None:
-    """The query parameters as Flask's ``request.args`` reads them (first
-    value of each name, in order), or ``None`` if they are not UTF-8."""
+def _parse(query: str) -> tuple[dict[str, str], AtmosphereParams] | None:
+    """The query parameters of a poll as Flask's ``request.args`` reads them
+    (first value of each name, in order) and its Atmosphere parameters, or
+    ``None`` if the query is not UTF-8, is malformed or carries a message
+    (``X-Atmosphere-Post-Body``)."""
     if not query.isascii():
         try:
             query = query.encode("latin-1").decode()
@@ -209,4 +239,9 @@ def _query_args(query: str) -> dict[str, str] | None:
     for key, value in parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote"):
         if key not in args:
             args[key] = value
-    return args
+    if "X-Atmosphere-Post-Body" in args:
+        return None
+    try:
+        return args, parse_params(args)
+    except ProtocolError:
+        return None

@@ -4,6 +4,8 @@ headers go out at once and whose body is written as it comes, and error answers.
 from __future__ import annotations
 
 import socket
+import time
+from email.utils import formatdate
 from typing import Callable
 
 import gevent
@@ -11,7 +13,7 @@ import gevent
 from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
 __all__ = ["NO_CACHE", "SOCKET_KEY", "LiveResponse", "DeferredResponse", "error_response",
-           "socket_abort", "timed_writer", "watch_eof"]
+           "http_date", "socket_abort", "timed_writer", "watch_eof"]
 
 #: The WSGI environ key under which ``AtmosphereHandler`` (server.py) puts
 #: the request's socket, so that a transport can see a peer leave while a
@@ -128,6 +130,21 @@ def timed_writer(environ, write: Callable[[bytes], None], timeout: float
         finally:
             sock.settimeout(previous)
     return bounded_by_socket
+
+
+_date = [0, ""]  # [second, its Date header]
+
+
+def http_date() -> str:
+    """Now as the value of an HTTP ``Date`` header (RFC 9110 §5.6.7,
+    ``Mon, 30 Nov 2026 01:49:23 GMT``), made once per second. A response
+    that brings its own spares the server making one per response."""
+    now = int(time.time())
+    cached = _date
+    if cached[0] != now:
+        cached[1] = formatdate(now, usegmt=True)
+        cached[0] = now
+    return cached[1]
 
 
 def error_response(status: int, reason: str) -> Response:

@@ -19,7 +19,7 @@ from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
 from ..connection import Carrier, Connection
 from ..protocol import HEARTBEAT_PADDING, frame
-from .http import NO_CACHE, DeferredResponse, socket_abort, timed_writer, watch_eof
+from .http import NO_CACHE, DeferredResponse, http_date, socket_abort, timed_writer, watch_eof
 
 __all__ = ["serve", "Poll", "content_type"]
 
@@ -108,6 +108,7 @@ class Poll:
         write_timeout = connection.atmosphere.settings(connection.app).write_timeout
         batch = None
         failure = None
+        headers.append(("Date", http_date()))
         try:
             if len(mailbox) or mailbox.closed:  # taken without waiting
                 batch = mailbox.take(None, limit)
