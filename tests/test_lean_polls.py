@@ -204,3 +204,19 @@ def test_lean_jsonp_polls(served):
     assert poll.text == 'atmosphere17({"message" : "3|x\\"y"});'
     assert poll.headers["Content-Type"] == "application/javascript; charset=utf-8"
     assert flask.count == 1
+
+
+def test_a_changed_query_is_parsed_anew(served):
+    server, atmosphere, base, flask = served()
+    client = PollClient(base, "/quiet")
+    for extra in ({"_": "1"}, {"_": "2"}, {"X-Heartbeat-Server": "60"}):
+        server.call(atmosphere.broadcast, "/quiet", "m")
+        response = client.http.get(client.url, params=client.query() | extra, timeout=TIMEOUT)
+        assert Decoder().feed(response.text) == ["m"]
+    assert server.call(lambda: atmosphere.registry.get(client.uuid).params.heartbeat_server) == 60
+    # The parameters spelt in lower case: the same client.
+    lower = {name.lower(): value for name, value in client.query().items()}
+    server.call(atmosphere.broadcast, "/quiet", "n")
+    response = client.http.get(client.url, params=lower, timeout=TIMEOUT)
+    assert Decoder().feed(response.text) == ["n"]
+    assert flask.count == 1
