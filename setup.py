@@ -15,6 +15,7 @@ setup(
         "gevent>=23.9",
         "gevent-websocket>=0.10.1",
         "simplejson>=3.19",
+        "wsproto>=1.2",
     ],
     extras_require={
         "test": [

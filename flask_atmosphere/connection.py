@@ -60,16 +60,21 @@ class Carrier:
             with ``encode(outbounds: list[Outbound]) -> bytes``, shared by
             every connection framed alike (the broadcaster frames a message
             once per ``framing``).
+        wake: for a transport that does not wait on the mailbox, called
+            when the mailbox got a message, closed, or another request took
+            the client over; else ``None``.
     """
-    __slots__ = ("abort", "lost", "ended", "direct", "framing")
+    __slots__ = ("abort", "lost", "ended", "direct", "framing", "wake")
 
     def __init__(self, abort: Callable[[], None] | None = None,
-                 direct: Callable[[bytes], bool] | None = None, framing: Any = None):
+                 direct: Callable[[bytes], bool] | None = None, framing: Any = None,
+                 wake: Callable[[], None] | None = None):
         self.abort = abort or (lambda: None)
         self.lost = False
         self.ended = Event()
         self.direct = direct
         self.framing = framing
+        self.wake = wake
 
 
 class Connection:
@@ -161,8 +166,16 @@ class Connection:
         self.atmosphere.broadcaster.call(self._close, CloseRequest(code, reason, drain, error))
 
     def _close(self, request: CloseRequest) -> None:
-        if self.mailbox.close(request) and self.carrier is None:
-            gevent.spawn(self.finish)  # no request to tell: done now
+        if self.mailbox.close(request):
+            if self.carrier is None:
+                gevent.spawn(self.finish)  # no request to tell: done now
+            else:
+                self._wake()
+
+    def _wake(self) -> None:
+        carrier = self.carrier
+        if carrier is not None and carrier.wake is not None:
+            carrier.wake()
 
     def push(self, outbound: Outbound) -> None:
         """Write ``outbound`` at once if the transport can, else queue it
@@ -188,6 +201,7 @@ class Connection:
         elif mailbox.dropped != dropped and _power_of_ten(mailbox.dropped):
             log.warning("client %s on %s is slow: %d messages dropped so far", self.uuid,
                         self.path, mailbox.dropped)
+        self._wake()
 
     # -- requests coming and going ---------------------------------------------
 
@@ -197,11 +211,14 @@ class Connection:
         if self._grace_timer is not None:
             self._grace_timer.close()
             self._grace_timer = None
-        if self.carrier is not None:
-            self.carrier.ended.set()
+        previous = self.carrier
+        if previous is not None:
+            previous.ended.set()
         self.carrier = carrier
         self.direct, self.framing = carrier.direct, carrier.framing
         self.mailbox.interrupt()
+        if previous is not None and previous.wake is not None:
+            previous.wake()  # it says goodbye
 
     def serves(self, carrier: Carrier) -> bool:
         """Whether ``carrier`` is still the request serving the client."""

@@ -16,6 +16,7 @@ from geventwebsocket.handler import WebSocketHandler
 
 from .transports import REFUSAL_KEY, admit_upgrade
 from .transports.http import SOCKET_KEY
+from .transports.websocket import PARK_KEY
 
 __all__ = ["AtmosphereServer", "AtmosphereHandler"]
 
@@ -24,12 +25,39 @@ log = logging.getLogger("flask_atmosphere")
 
 class AtmosphereHandler(WebSocketHandler):
     """gevent-websocket's handler, which also shows the request's socket to
-    the app (under :data:`SOCKET_KEY`)."""
+    the app (under :data:`SOCKET_KEY`) and, on an :class:`AtmosphereServer`,
+    lets the WebSocket transport take an upgraded socket over (under
+    ``PARK_KEY``), so that the request's greenlet can end while the
+    connection lives on."""
+
+    _parked = False
 
     def get_environ(self):
         environ = super().get_environ()
         environ[SOCKET_KEY] = self.socket
+        if isinstance(self.server, _WSGIServer):
+            environ[PARK_KEY] = self._park
         return environ
+
+    def _park(self):
+        """Give the upgraded socket away: returns ``(socket, buffered)``,
+        ``buffered`` being what the request's reader holds beyond the
+        request. The server will not close the socket."""
+        from .transports.websocket import _drain
+        self._parked = True
+        self.server.parked.add(self.socket)
+        return self.socket, _drain(self.rfile)
+
+    def run_websocket(self):
+        # gevent-websocket's, without its registry of clients (``server.clients``),
+        # leaving a parked socket open when the app returns.
+        try:
+            list(self.application(self.environ, lambda status, headers, exc_info=None: []))
+        finally:
+            self.environ["wsgi.websocket"] = None
+            self.websocket = None
+            if self._parked:
+                self.socket = None  # pywsgi's handler neither reads nor closes it
 
     def handle(self):
         # pywsgi answers a request cut off in its headers with a 400 to the
@@ -38,6 +66,20 @@ class AtmosphereHandler(WebSocketHandler):
             super().handle()
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+class _WSGIServer(WSGIServer):
+    """pywsgi's server, which leaves the sockets of parked WebSockets open."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.parked: set = set()
+
+    def do_close(self, sock, *args):
+        if sock in self.parked:
+            self.parked.discard(sock)
+            return
+        super().do_close(sock, *args)
 
 
 class AtmosphereServer:
@@ -59,7 +101,7 @@ class AtmosphereServer:
             raise RuntimeError("the app has no Atmosphere: call Atmosphere(app) first") from None
         self.app = app
         self._stopped = Event()
-        self.wsgi = WSGIServer((host, port), app, handler_class=AtmosphereHandler,
+        self.wsgi = _WSGIServer((host, port), app, handler_class=AtmosphereHandler,
                                log=logging.getLogger("flask_atmosphere.access"),
                                error_log=logging.getLogger("flask_atmosphere.server"))
         self.wsgi.pre_start_hook = self._refuse_upgrade

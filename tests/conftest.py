@@ -13,6 +13,8 @@ import gevent
 import pytest
 import websocket
 from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+from geventwebsocket.handler import WebSocketHandler
 
 from flask_atmosphere.server import AtmosphereServer
 
@@ -20,10 +22,13 @@ TIMEOUT = 10  # seconds: the most any single wait in a test may take
 
 
 class LiveServer:
-    """Serves ``app`` on a free port of 127.0.0.1 from a background thread."""
+    """Serves ``app`` on a free port of 127.0.0.1 from a background thread:
+    with ``atmosphere.run``'s server, or with ``plain`` pywsgi and
+    gevent-websocket's own handler (as gunicorn's worker serves it)."""
 
-    def __init__(self, app):
+    def __init__(self, app, plain: bool = False):
         self.app = app
+        self.plain = plain
         self.atmosphere = app.extensions["atmosphere"]
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="live-server", daemon=True)
@@ -31,7 +36,11 @@ class LiveServer:
         assert self._ready.wait(TIMEOUT), "the server did not start"
 
     def _run(self):
-        self.server = AtmosphereServer(self.app, "127.0.0.1", 0)
+        if self.plain:
+            self.server = WSGIServer(("127.0.0.1", 0), self.app, handler_class=WebSocketHandler,
+                                     log=None)
+        else:
+            self.server = AtmosphereServer(self.app, "127.0.0.1", 0)
         self.server.start()
         self.loop = gevent.get_hub().loop
         self._stop = Event()
@@ -40,7 +49,7 @@ class LiveServer:
 
     @property
     def port(self) -> int:
-        return self.server.port
+        return self.server.server_port if self.plain else self.server.port
 
     def url(self, path: str, scheme: str = "ws", **params: Any) -> str:
         query = ("?" + urlencode(params)) if params else ""
@@ -73,6 +82,8 @@ class LiveServer:
 
     def stop(self, timeout: float = 5) -> None:
         def stop():
+            if self.plain:
+                self.atmosphere.shutdown(timeout)
             self.server.stop(timeout)
             self._stop.set()
         self.call(stop)
@@ -196,8 +207,8 @@ def live():
     at the end of the test."""
     servers = []
 
-    def start(app):
-        server = LiveServer(app)
+    def start(app, plain: bool = False):
+        server = LiveServer(app, plain)
         servers.append(server)
         return server
 

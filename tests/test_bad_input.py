@@ -5,13 +5,15 @@ import pytest
 from websocket import ABNF
 
 from conftest import WSClient
-from test_websocket import connect, events_of, make_app
+from test_websocket import connect, events_of, live, make_app  # noqa: F401 (live: both servers)
 from flask_atmosphere import Disconnected, ServerDisconnected
 
 
 def send_raw(client: WSClient, payload: bytes, opcode=ABNF.OPCODE_TEXT, rsv1=0):
     frame = ABNF(fin=1, rsv1=rsv1, opcode=opcode, data=payload)
     client.ws.sock.sendall(frame.format())
+
+
 
 
 @pytest.mark.parametrize("payload, rsv1, code, reason", [

@@ -52,10 +52,11 @@ def disconnected(recorder, uuid):
 
 # -- dead peers ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("plain", [False, True], ids=["atmosphere.run", "gevent-websocket"])
 @pytest.mark.parametrize("how", ["fin", "rst"])
-def test_a_websocket_whose_socket_closes_while_idle_is_disconnected(live, recorder, how):
+def test_a_websocket_whose_socket_closes_while_idle_is_disconnected(live, recorder, how, plain):
     app, _ = make_app(recorder, ATMOSPHERE_HEARTBEAT_INTERVAL=0.5, ATMOSPHERE_GRACE_PERIOD=0)
-    server = live(app)
+    server = live(app, plain=plain)
     client = WSClient(server.url("/quiet", **ATMOSPHERE_PARAMS), track=True, protocol=True)
     started = time.monotonic()
     if how == "rst":
@@ -86,10 +87,11 @@ def test_an_http_client_whose_socket_closes_while_held_is_disconnected(live, rec
     recorder.wait_for(disconnected(recorder, uuid), timeout=grace + 0.5 + 1)
 
 
-def test_a_websocket_peer_that_never_reads_nor_answers_pings_is_cut_off(live, recorder):
+@pytest.mark.parametrize("plain", [False, True], ids=["atmosphere.run", "gevent-websocket"])
+def test_a_websocket_peer_that_never_reads_nor_answers_pings_is_cut_off(live, recorder, plain):
     heartbeat = 0.4
     app, _ = make_app(recorder, ATMOSPHERE_HEARTBEAT_INTERVAL=heartbeat, ATMOSPHERE_GRACE_PERIOD=0)
-    server = live(app)
+    server = live(app, plain=plain)
     silent = WSClient(server.url("/quiet", **ATMOSPHERE_PARAMS), track=True, protocol=True)
     started = time.monotonic()  # from here on it reads nothing and answers no ping
     recorder.wait_for(disconnected(recorder, silent.uuid), timeout=2 * heartbeat + 1)
@@ -215,9 +217,10 @@ def greenlets() -> int:
     return sum(isinstance(o, greenlet.greenlet) for o in gc.get_objects())
 
 
-def test_churn_leaves_nothing_behind_and_broadcasts_reach_steady_clients(live):
+@pytest.mark.parametrize("plain", [False, True], ids=["atmosphere.run", "gevent-websocket"])
+def test_churn_leaves_nothing_behind_and_broadcasts_reach_steady_clients(live, plain):
     app, atmosphere, tally = churn_app()
-    server = live(app)
+    server = live(app, plain=plain)
     steady = [WSClient(server.url("/churn", **ATMOSPHERE_PARAMS), track=True, protocol=True)
               for _ in range(3)]
     broadcasts = 200

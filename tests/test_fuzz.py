@@ -1,15 +1,12 @@
 """Fuzzing the parsers with hypothesis: any input gives a result or a clean
 protocol error, never an unhandled exception."""
-import io
-import types
-
-from geventwebsocket.exceptions import WebSocketError
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flask_atmosphere.events import JsonMessage, TextMessage
 from flask_atmosphere.protocol import AtmosphereParams, ProtocolError, parse_params
-from flask_atmosphere.transports.geventws import FixedWebSocket, adopt
+from flask_atmosphere.transports.wsframes import Close, FrameRefused, InboundFrames, Message, Ping
 from flask_atmosphere.wire import JsonWireFormat
 
 NAMES = st.sampled_from(["X-Atmosphere-tracking-id", "X-Atmosphere-Framework",
@@ -38,15 +35,6 @@ def test_deeply_nested_json_is_text_not_a_crash():
     assert isinstance(JsonWireFormat().parse("[" * 100_000), TextMessage)
 
 
-def websocket_over(data: bytes, limit: int = 1000) -> FixedWebSocket:
-    """A WebSocket reading ``data`` (what a peer sent), writing nowhere."""
-    stream = io.BytesIO(data)
-    pipe = types.SimpleNamespace(read=stream.read, write=lambda _: None)
-    from geventwebsocket.websocket import WebSocket
-    handler = types.SimpleNamespace(socket=None)
-    return adopt(WebSocket({}, pipe, handler), limit)
-
-
 def frame_bytes():
     """Mostly well-formed frames (masked, any opcode, odd flags), glued together."""
     header = st.builds(lambda fin, rsv, op, mask, length: bytes([
@@ -57,25 +45,31 @@ def frame_bytes():
 
 
 @settings(max_examples=500)
-@given(frame_bytes())
-def test_the_frame_reader_gives_messages_or_a_clean_error(data):
-    ws = websocket_over(data)
-    for _ in range(20):
+@given(frame_bytes(), st.integers(1, 50))
+def test_the_frame_parser_gives_events_or_a_close_code_in_any_chunks(data, chunk):
+    frames = InboundFrames(1000)
+    for start in range(0, len(data), chunk):
         try:
-            message = ws.read_message()
-        except (WebSocketError, UnicodeError):  # ProtocolError and MessageTooBig among them
+            events = frames.receive(data[start:start + chunk])
+        except FrameRefused as exc:
+            assert exc.code in (1002, 1007, 1009)
+            assert frames.receive(b"\x81\x80\x00\x00\x00\x00") == []  # nothing after
             return
-        if message is None:  # a close frame
-            return
-        assert isinstance(message, (str, bytearray, bytes))
+        for event in events:
+            assert isinstance(event, (Message, Ping, Close))
 
 
 def test_a_reserved_opcode_with_a_huge_length_is_refused_before_reading():
     # Found by the fuzzer: opcode 3 announcing 2**63 bytes.
-    ws = websocket_over(b"\x03\x7f\x80\x00\x00\x00\x00\x00\x00\x00")
-    try:
-        ws.read_message()
-    except WebSocketError as exc:
-        assert "reserved opcode" in str(exc)
-    else:
-        raise AssertionError("a reserved opcode must be refused")
+    with pytest.raises(FrameRefused) as refused:
+        InboundFrames(1000).receive(b"\x03\x7f\x80\x00\x00\x00\x00\x00\x00\x00")
+    assert refused.value.code == 1002
+
+
+def test_an_announced_huge_message_is_refused_as_its_bytes_arrive():
+    frames = InboundFrames(1000)
+    header = b"\x81\xff" + (2**40).to_bytes(8, "big") + b"\x00\x00\x00\x00"
+    assert frames.receive(header + b"x" * 600) == []  # within the limit so far
+    with pytest.raises(FrameRefused) as refused:
+        frames.receive(b"x" * 600)
+    assert refused.value.code == 1009

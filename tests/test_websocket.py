@@ -15,6 +15,15 @@ from flask_atmosphere import (Atmosphere, AtmosphereClient, ClientDisconnected, 
 from flask_atmosphere.broadcaster import Broadcast
 
 
+@pytest.fixture(params=["atmosphere.run", "gevent-websocket"])
+def live(request, live):
+    """Every test here runs under both kinds of server: ``atmosphere.run``,
+    where an idle WebSocket has no greenlet, and a plain gevent-websocket
+    server (as under gunicorn), where the request's greenlet reads."""
+    plain = request.param == "gevent-websocket"
+    return lambda app: live(app, plain=plain)
+
+
 def make_app(recorder, **config):
     """An app whose clients record every event and obey simple commands."""
     app = Flask(__name__)

@@ -58,7 +58,7 @@ def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
         response = _dispatch(atmosphere, route, ws)
     except _Refusal as refusal_:
         if ws is not None:  # upgraded by a server that could not ask first
-            ws.close(1008, refusal_.response.headers["X-Atmosphere-error"][:120])
+            websocket.refuse(ws, 1008, refusal_.response.headers["X-Atmosphere-error"][:120])
         response = refusal_.response
     response.headers.update(cors_headers(atmosphere))
     return response
@@ -110,7 +110,7 @@ def _dispatch(atmosphere: "Atmosphere", route: "Route", ws) -> Response:
     except ProtocolError as exc:
         log.info("refused %s %s: %s", request.method, request.full_path, exc)
         if ws is not None:
-            ws.close(1008, str(exc)[:120])
+            websocket.refuse(ws, 1008, str(exc)[:120])
             return Response()
         return error_response(400, str(exc))
     _check_origin(atmosphere)
@@ -121,7 +121,7 @@ def _dispatch(atmosphere: "Atmosphere", route: "Route", ws) -> Response:
 
     if ws is not None:
         connection, new = _connection_for(atmosphere, route, params, "websocket")
-        websocket.serve(connection, new, ws)
+        websocket.serve(connection, new, ws, request.environ)
         return Response()
     transport = params.transport
     if transport == "close":

@@ -1,0 +1,144 @@
+"""WebSocket frames, sans-IO: what the peer sent, parsed into events, and the
+server's frames, encoded once.
+
+Parsing is wsproto's ``FrameProtocol`` (RFC 6455 §5: masking, fragmentation,
+control frames, UTF-8 of text, close codes); this module adds what a server
+of chat-sized messages needs on top: a size limit per message checked as the
+bytes arrive (never a buffer of what a header merely announces), binary
+messages taken as UTF-8 text, and every refusal turned into the close code
+RFC 6455 §7.4.1 gives for it.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from geventwebsocket.websocket import Header
+from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
+
+__all__ = ["Message", "Ping", "Close", "FrameRefused", "InboundFrames", "encode_frame",
+           "close_frame", "TEXT", "PING", "PONG", "CLOSE"]
+
+TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
+
+
+@dataclass(frozen=True)
+class Message:
+    """A whole text message (a binary one decoded as UTF-8)."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    """A ping, to be answered with a pong carrying ``payload`` (§5.5.2)."""
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Close:
+    """The peer's close frame: ``code`` (1005 if it gave none) and ``reason``."""
+    code: int
+    reason: str
+
+
+class FrameRefused(Exception):
+    """The peer broke the protocol or a limit; answer with close ``code``
+    (1002 protocol error, 1007 invalid UTF-8, 1009 message too big)."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(f"{reason} ({code})")
+        self.code = code
+        self.reason = reason
+
+
+class InboundFrames:
+    """Turns the bytes a WebSocket client sends into events.
+
+    Args:
+        max_message_size: the most bytes one message may have
+            (``ATMOSPHERE_MAX_MESSAGE_SIZE``); checked as its frames arrive.
+
+    :meth:`receive` takes any chunk of bytes and returns the events it
+    completes: :class:`Message`, :class:`Ping` and :class:`Close`; a pong
+    gives no event (that the peer is alive is the caller's to note for any
+    bytes). After a :class:`Close` or a :class:`FrameRefused`, nothing more
+    is read.
+    """
+    __slots__ = ("_protocol", "_parts", "_size", "_binary", "max_message_size", "done")
+
+    def __init__(self, max_message_size: int):
+        self._protocol = FrameProtocol(client=False, extensions=[])
+        self._parts: list = []
+        self._size = 0
+        self._binary = False
+        self.max_message_size = max_message_size
+        self.done = False
+
+    def receive(self, data: bytes) -> list:
+        """Parse ``data`` (the next bytes from the peer).
+
+        Returns:
+            the events completed by ``data``, in order.
+        Raises:
+            FrameRefused: the peer broke RFC 6455 or sent a message larger than
+                ``max_message_size``.
+        """
+        if self.done:
+            return []
+        events: list = []
+        self._protocol.receive_bytes(data)
+        try:
+            for frame in self._protocol.received_frames():
+                opcode = frame.opcode
+                if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                    message = self._data(frame, opcode is Opcode.BINARY)
+                    if message is not None:
+                        events.append(message)
+                elif opcode is Opcode.PING:
+                    events.append(Ping(bytes(frame.payload)))
+                elif opcode is Opcode.CLOSE:
+                    code, reason = frame.payload
+                    events.append(Close(int(code), reason))
+                    self.done = True
+                    break
+        except ParseFailed as exc:
+            self.done = True
+            code = int(exc.code)
+            if code == CloseReason.INVALID_FRAME_PAYLOAD_DATA:
+                raise FrameRefused(1007, "invalid UTF-8") from exc
+            raise FrameRefused(1002, "protocol error") from exc
+        except FrameRefused:
+            self.done = True
+            raise
+        return events
+
+    def _data(self, frame, binary: bool) -> Message | None:
+        """One piece of a data message; the whole message once it is complete."""
+        if not self._parts:
+            self._binary = binary
+        self._size += len(frame.payload.encode("utf-8") if isinstance(frame.payload, str)
+                          else frame.payload)
+        if self._size > self.max_message_size:
+            raise FrameRefused(1009, "message too big")
+        self._parts.append(frame.payload)
+        if not frame.message_finished:
+            return None
+        parts, self._parts, self._size = self._parts, [], 0
+        if not self._binary:
+            return Message("".join(parts))
+        try:
+            return Message(b"".join(parts).decode("utf-8"))
+        except UnicodeError:
+            raise FrameRefused(1007, "binary message is not UTF-8 text") from None
+
+
+def encode_frame(payload: bytes, opcode: int = TEXT) -> bytes:
+    """One unmasked, final server frame (RFC 6455 §5.2) carrying ``payload``:
+    a broadcast encodes it once and writes the same bytes to every socket."""
+    return bytes(Header.encode_header(True, opcode, b"", len(payload), 0)) + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """A close frame with ``code`` and ``reason`` (at most 123 bytes of UTF-8
+    are kept, RFC 6455 §5.5)."""
+    return encode_frame(struct.pack("!H", code) + reason.encode("utf-8")[:123], CLOSE)
