@@ -26,9 +26,11 @@ log = logging.getLogger("flask_atmosphere")
 _native_thread_id = get_original("_thread", "get_ident")
 
 
-#: The most consecutive broadcasts that go out in one write: enough to spare
-#: most of the syscalls of a burst, few enough to keep the write small.
+#: The most consecutive broadcasts that go out in one write, and about the
+#: most characters of text messages: enough to spare most of the syscalls of
+#: a burst, few enough to keep the write small.
 MAX_COALESCED = 32
+MAX_COALESCED_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,10 @@ class Broadcaster:
                     log.exception("%r failed", fn)
                 continue
             j, end = i + 1, min(n, i + MAX_COALESCED)
+            size = _size(item.message)
             while j < end and type(pending[j]) is Broadcast and pending[j].path == item.path \
-                    and pending[j].exact == item.exact:
+                    and pending[j].exact == item.exact and size < MAX_COALESCED_BYTES:
+                size += _size(pending[j].message)
                 j += 1
             try:
                 fan_out(self.registry, pending[i:j])
@@ -214,6 +218,11 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
         for k in allowed:
             if outbounds[k] is not None:
                 connection.enqueue(outbounds[k])
+
+
+def _size(message: Any) -> int:
+    """About the size of ``message`` once rendered: known for text, small otherwise."""
+    return len(message) if type(message) is str else 256
 
 
 def _allowed(batch: list[Broadcast], connection) -> tuple:

@@ -9,7 +9,8 @@ import pytest
 from flask_atmosphere import Everyone, OnlySelf, SkipSelf
 from flask_atmosphere.backplane import MemoryBackplane
 from flask_atmosphere.filters import as_filter
-from flask_atmosphere.broadcaster import MAX_COALESCED, Broadcast, Broadcaster, fan_out
+from flask_atmosphere.broadcaster import (MAX_COALESCED, MAX_COALESCED_BYTES, Broadcast,
+                                          Broadcaster, fan_out)
 from flask_atmosphere.registry import Registry
 from flask_atmosphere.transports.websocket import FRAMING
 from flask_atmosphere.wire import JsonWireFormat, TextWireFormat
@@ -151,6 +152,20 @@ def test_broadcasts_pile_up_until_the_hub_runs_then_go_out_together():
         gevent.sleep(0)
         assert len(connection.writes) == 2  # at most MAX_COALESCED per write
         assert connection.texts() == [f"m{i}" for i in range(MAX_COALESCED + 2)]
+    finally:
+        broadcaster.detach(gevent.get_hub())
+
+
+def test_big_messages_are_coalesced_only_up_to_a_size():
+    connection = FakeConnection("a")
+    broadcaster = Broadcaster(registry_of(connection), MemoryBackplane())
+    broadcaster.attach(gevent.get_hub(), replace=True)
+    big = "x" * (MAX_COALESCED_BYTES * 2 // 3)
+    try:
+        for _ in range(3):
+            broadcaster.publish(Broadcast("/chat", big, Everyone))
+        gevent.sleep(0)
+        assert [len(data) // len(big) for data in connection.writes] == [2, 1]
     finally:
         broadcaster.detach(gevent.get_hub())
 

@@ -333,11 +333,20 @@ class WebSocketPeer:
         hub). What the socket does not take at once is finished by a
         short-lived greenlet that holds the write lock, so nothing overtakes
         it; a socket that takes nothing leaves the messages to the queue."""
-        if not self.connection.mailbox.idle or self.close_sent \
-                or not self.lock.acquire(blocking=False):
+        lock = self.lock
+        if not self.connection.mailbox.idle or self.close_sent or not lock.acquire(blocking=False):
+            return False
+        try:
+            sent = self.raw.send(data, _DONTWAIT)
+        except OSError:  # full, or broken: the writer takes it from here
+            lock.release()
             return False
         self.wrote = True
-        return self._send_locked(data)
+        if sent == len(data):
+            lock.release()
+        else:
+            gevent.spawn(self._finish_write, memoryview(data)[sent:])
+        return True
 
     def _control(self, data: bytes) -> None:
         """Send a control frame (pong, close echo) from the hub if the socket
