@@ -191,6 +191,7 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
     rendered: dict = {}   # wire format -> [Outbound | None per broadcast]
     framed: dict = {}     # (framing, wire format, allowed) -> bytes
     last_framing = last_wire_format = last_allowed = data = None
+    rendered_for = outbounds = None
     for connection in targets:
         if simple and connection.uuid not in skips:
             allowed = everyone
@@ -199,9 +200,11 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
             if not allowed:
                 continue
         wire_format = connection.wire_format
-        outbounds = rendered.get(wire_format)
-        if outbounds is None:
-            outbounds = rendered[wire_format] = _render(batch, wire_format)
+        if wire_format is not rendered_for:  # most targets share one
+            outbounds = rendered.get(wire_format)
+            if outbounds is None:
+                outbounds = rendered[wire_format] = _render(batch, wire_format)
+            rendered_for = wire_format
         direct = connection.direct
         if direct is not None:
             framing = connection.framing
