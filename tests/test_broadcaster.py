@@ -12,7 +12,7 @@ from flask_atmosphere.filters import as_filter
 from flask_atmosphere.broadcaster import (MAX_COALESCED, MAX_COALESCED_BYTES, Broadcast,
                                           Broadcaster, fan_out)
 from flask_atmosphere.registry import Registry
-from flask_atmosphere.transports.websocket import FRAMING
+from flask_atmosphere.transports.wsframes import FRAMING
 from flask_atmosphere.wire import JsonWireFormat, TextWireFormat
 
 TEXT = TextWireFormat()

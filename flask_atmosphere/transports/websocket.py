@@ -28,10 +28,10 @@ from gevent.lock import Semaphore
 from ..connection import Carrier, Connection
 from ..mailbox import WRITE_BATCH, CloseRequest
 from ..protocol import HEARTBEAT_PADDING, frame, handshake_due
-from .wsframes import (PING, PONG, Close, FrameRefused, InboundFrames, Message, Ping, close_frame,
-                       encode_frame)
+from .wsframes import (FRAMING, PING, PONG, Close, FrameRefused, InboundFrames, Message, Ping,
+                       close_frame, encode_frame)
 
-__all__ = ["serve", "refuse", "PARK_KEY", "WebSocketFraming", "FRAMING", "WebSocketPeer"]
+__all__ = ["serve", "refuse", "PARK_KEY", "WebSocketPeer"]
 
 log = logging.getLogger("flask_atmosphere")
 
@@ -46,37 +46,6 @@ INBOUND_BACKLOG = 64
 READ_SIZE = 65536
 
 _DONTWAIT = socket.MSG_DONTWAIT
-
-
-class WebSocketFraming:
-    """Frames messages as WebSocket text frames (RFC 6455 §5.6), one per
-    message, each length-framed (§3 of the protocol) if ``track``.
-
-    A broadcast frames a message once per framing and writes the same bytes
-    to every client framed alike (see ``Carrier.framing``).
-    """
-    __slots__ = ("track", "key")
-
-    def __init__(self, track: bool):
-        self.track = track
-        self.key = ("websocket", track)
-
-    def frame(self, outbound) -> bytes:
-        """The frame of one message (an ``Outbound``), made once and kept on it."""
-        return outbound.cached(self.key, self._make)
-
-    def _make(self, outbound) -> bytes:
-        return encode_frame(outbound.encoded(self.track))
-
-    def encode(self, outbounds) -> bytes:
-        """The frames of ``outbounds`` (a list of ``Outbound``), one after another."""
-        if len(outbounds) == 1:
-            return self.frame(outbounds[0])
-        return b"".join([self.frame(outbound) for outbound in outbounds])
-
-
-#: The two framings, by ``X-Atmosphere-TrackMessageSize``.
-FRAMING = {False: WebSocketFraming(False), True: WebSocketFraming(True)}
 
 
 def serve(connection: Connection, new: bool, ws, environ: dict) -> None:

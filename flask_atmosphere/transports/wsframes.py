@@ -17,7 +17,7 @@ from geventwebsocket.websocket import Header
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
 __all__ = ["Message", "Ping", "Close", "FrameRefused", "InboundFrames", "encode_frame",
-           "close_frame", "TEXT", "PING", "PONG", "CLOSE"]
+           "close_frame", "WebSocketFraming", "FRAMING", "TEXT", "PING", "PONG", "CLOSE"]
 
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
 
@@ -142,3 +142,34 @@ def close_frame(code: int, reason: str = "") -> bytes:
     """A close frame with ``code`` and ``reason`` (at most 123 bytes of UTF-8
     are kept, RFC 6455 §5.5)."""
     return encode_frame(struct.pack("!H", code) + reason.encode("utf-8")[:123], CLOSE)
+
+
+class WebSocketFraming:
+    """Frames messages as WebSocket text frames (RFC 6455 §5.6), one per
+    message, each length-framed (§3 of the protocol) if ``track``.
+
+    A broadcast frames a message once per framing and writes the same bytes
+    to every client framed alike (see ``Carrier.framing``).
+    """
+    __slots__ = ("track", "key")
+
+    def __init__(self, track: bool):
+        self.track = track
+        self.key = ("websocket", track)
+
+    def frame(self, outbound) -> bytes:
+        """The frame of one message (an ``Outbound``), made once and kept on it."""
+        return outbound.cached(self.key, self._make)
+
+    def _make(self, outbound) -> bytes:
+        return encode_frame(outbound.encoded(self.track))
+
+    def encode(self, outbounds) -> bytes:
+        """The frames of ``outbounds`` (a list of ``Outbound``), one after another."""
+        if len(outbounds) == 1:
+            return self.frame(outbounds[0])
+        return b"".join([self.frame(outbound) for outbound in outbounds])
+
+
+#: The two framings, by ``X-Atmosphere-TrackMessageSize``.
+FRAMING = {False: WebSocketFraming(False), True: WebSocketFraming(True)}
