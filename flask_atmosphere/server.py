@@ -6,21 +6,89 @@ else is ordinary WSGI. Under gunicorn, use its gevent WebSocket worker
 """
 from __future__ import annotations
 
+import email.parser
+import http.client
 import logging
+import re
 import signal
 
 import gevent
 from gevent.event import Event
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import OldMessage, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 from .transports import REFUSAL_KEY, admit_upgrade
-from .transports.http import SOCKET_KEY
+from .transports.http import FINAL_WRITE_KEY, SOCKET_KEY
 from .transports.websocket import PARK_KEY
 
 __all__ = ["AtmosphereServer", "AtmosphereHandler"]
 
 log = logging.getLogger("flask_atmosphere")
+
+#: The largest first piece of a body sent together with the headers (bytes):
+#: below it, copying is cheaper than another syscall.
+_COALESCE_MAX = 64 * 1024
+
+
+#: A block of request header fields that the ``email`` parser (which pywsgi
+#: uses, through ``http.client.parse_headers``) reads as plain ``name: value``
+#: lines: a name of its header characters (``email.feedparser.headerRE``, at
+#: least one), no continuation line, no bare CR, then the empty line.
+_PLAIN_HEADERS = re.compile(r"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r?\n)*\r?\n")
+_HEADER_FIELD = re.compile(r"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\r\n]*)\r?\n")
+
+
+def parse_request_headers(rfile) -> OldMessage:
+    """Read a request's header fields from ``rfile`` (after the request
+    line) as pywsgi does (``gevent.pywsgi.headers_factory``): the same
+    lines read, the same limits, the same message, made without the
+    ``email`` parser when every field is a plain ``name: value`` line
+    (RFC 9112 §5) and the message carries no ``multipart``/``message``
+    content type that the ``email`` parser would look into; anything else
+    goes through that parser.
+
+    Args:
+        rfile: the connection's buffered binary reader.
+    Returns:
+        a ``gevent.pywsgi.OldMessage``; its ``status`` is ``"Line too long"``
+        for a line over ``http.client``'s limit (pywsgi answers 400).
+    Raises:
+        http.client.HTTPException: more than ``http.client._MAXHEADERS``
+            fields (as pywsgi's own parse).
+    """
+    lines = []
+    while True:  # http.client._read_headers
+        line = rfile.readline(_MAXLINE + 1)
+        if len(line) > _MAXLINE:
+            message = OldMessage()
+            message.status = "Line too long"
+            return message
+        lines.append(line)
+        if len(lines) > _MAXHEADERS:
+            raise http.client.HTTPException(f"got more than {_MAXHEADERS} headers")
+        if line in (b"\r\n", b"\n", b""):
+            break
+    text = b"".join(lines).decode("iso-8859-1")
+    if _PLAIN_HEADERS.fullmatch(text):
+        fields = _HEADER_FIELD.findall(text)
+        for name, value in fields:
+            if name.lower() == "content-type":
+                value = value.lower()
+                if "multipart" in value or "message" in value:
+                    break
+        else:
+            message = OldMessage()
+            message._headers = fields
+            message._payload = ""  # what the email parser leaves for no body
+            return message
+    return email.parser.Parser(_class=OldMessage).parsestr(text)
+
+
+_MAXLINE = getattr(http.client, "_MAXLINE", 65536)
+_MAXHEADERS = getattr(http.client, "_MAXHEADERS", 100)
+
+#: Request headers that pywsgi does not put in the environ as ``HTTP_*``.
+_NOT_HTTP_KEYS = (None, "CONTENT_TYPE", "CONTENT_LENGTH")
 
 
 class AtmosphereHandler(WebSocketHandler):
@@ -32,9 +100,28 @@ class AtmosphereHandler(WebSocketHandler):
 
     _parked = False
 
+    def MessageClass(self, rfile, *args):
+        # pywsgi's request header parse, without the email parser for plain fields.
+        return parse_request_headers(rfile)
+
+    def _headers(self):
+        # pywsgi's (the environ's HTTP_* items), from the parsed fields
+        # rather than from lines made up from them and split again.
+        fields = getattr(self.headers, "_headers", None)
+        if fields is None:
+            yield from super()._headers()
+            return
+        for name, value in fields:
+            if "_" in name:
+                continue  # pywsgi drops them (CGI would confuse - and _)
+            key = name.replace("-", "_").upper()
+            if key not in _NOT_HTTP_KEYS:
+                yield "HTTP_" + key, value.strip()
+
     def get_environ(self):
         environ = super().get_environ()
         environ[SOCKET_KEY] = self.socket
+        environ[FINAL_WRITE_KEY] = self._write_final
         if isinstance(self.server, _WSGIServer):
             environ[PARK_KEY] = self._park
         return environ
@@ -58,6 +145,54 @@ class AtmosphereHandler(WebSocketHandler):
             self.websocket = None
             if self._parked:
                 self.socket = None  # pywsgi's handler neither reads nor closes it
+
+    def _write_with_headers(self, data):
+        # pywsgi's, with the status line, the headers and the first piece of
+        # the body in one send (pywsgi sends the headers on their own): the
+        # same bytes, one syscall fewer on each side for a small answer.
+        if not data or len(data) > _COALESCE_MAX:
+            return super()._write_with_headers(data)
+        self.headers_sent = True
+        self.finalize_headers()
+        towrite = bytearray(b"HTTP/1.1 ")
+        towrite += self.status
+        towrite += b"\r\n"
+        for header, value in self.response_headers:
+            towrite += header
+            towrite += b": "
+            towrite += value
+            towrite += b"\r\n"
+        towrite += b"\r\n"
+        if self.response_use_chunked:
+            towrite += b"%x\r\n" % len(data)
+            towrite += data
+            towrite += b"\r\n"
+        else:
+            towrite += data
+        self._sendall(towrite)
+
+    def _write_final(self, data: bytes) -> None:
+        """The WSGI ``write`` callable for the last piece of a response's
+        body (``FINAL_WRITE_KEY``): on a chunked response whose headers are
+        out, the piece and the last chunk (RFC 9112 §7.1) go in one send, and
+        pywsgi sends no last chunk of its own; otherwise as ``write``.
+
+        Args:
+            data: the last bytes of the body; nothing may be written after.
+        Raises:
+            OSError: the send failed (as ``write``).
+        """
+        if not (data and self.headers_sent and self.response_use_chunked):
+            self.write(data)
+            return
+        self.response_use_chunked = False  # the last chunk goes here, not in process_result
+        self._sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+
+    def log_request(self):
+        # gevent-websocket's, formatting the line only if it is logged.
+        logger = self.logger
+        if logger.isEnabledFor(logging.INFO) and "101" not in str(self.status):
+            logger.info(self.format_request())
 
     def handle(self):
         # pywsgi answers a request cut off in its headers with a 400 to the

@@ -12,13 +12,20 @@ import gevent
 
 from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
-__all__ = ["NO_CACHE", "SOCKET_KEY", "LiveResponse", "DeferredResponse", "error_response",
+__all__ = ["NO_CACHE", "SOCKET_KEY", "FINAL_WRITE_KEY", "final_writer", "LiveResponse", "DeferredResponse", "error_response",
            "http_date", "socket_abort", "timed_writer", "watch_eof"]
 
 #: The WSGI environ key under which ``AtmosphereHandler`` (server.py) puts
 #: the request's socket, so that a transport can see a peer leave while a
 #: response is held and can cut a peer that stopped reading.
 SOCKET_KEY = "flask_atmosphere.socket"
+
+#: The WSGI environ key under which ``AtmosphereHandler`` puts a ``write``
+#: callable for the *last* piece of a response's body: on a chunked response
+#: it sends the piece and the last chunk together, in one syscall (pywsgi
+#: sends the last chunk on its own once the app returns). Where it is
+#: absent, the ``write`` of ``start_response`` does.
+FINAL_WRITE_KEY = "flask_atmosphere.write_final"
 
 #: Headers of every transport response: no caching (as the Java server's
 #: CacheHeadersInterceptor, §4), no buffering by an nginx in front, and no
@@ -103,6 +110,17 @@ class DeferredResponse(Response):
     def __call__(self, environ, start_response):
         status, headers = self.get_wsgi_response(environ)[1:]
         return self._respond(start_response, status, list(headers))
+
+
+def final_writer(environ, write: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    """The ``write`` callable for the last piece of a response's body:
+    the server's ``FINAL_WRITE_KEY`` one if ``write`` (what
+    ``start_response`` returned) is that server's own ``write``, so that no
+    middleware's wrapper is bypassed; else ``write`` itself."""
+    final = environ.get(FINAL_WRITE_KEY)
+    if final is not None and getattr(write, "__self__", None) is getattr(final, "__self__", final):
+        return final
+    return write
 
 
 def timed_writer(environ, write: Callable[[bytes], None], timeout: float

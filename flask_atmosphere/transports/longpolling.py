@@ -19,7 +19,8 @@ from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
 from ..connection import Carrier, Connection
 from ..protocol import HEARTBEAT_PADDING, frame
-from .http import NO_CACHE, DeferredResponse, http_date, socket_abort, timed_writer, watch_eof
+from .http import (NO_CACHE, DeferredResponse, final_writer, http_date, socket_abort,
+                   timed_writer, watch_eof)
 
 __all__ = ["serve", "Poll", "content_type"]
 
@@ -119,8 +120,10 @@ class Poll:
                 headers.append(("Content-Length", str(len(data))))
                 write = timed_writer(environ, start_response(status, headers), write_timeout)
             else:
-                write = timed_writer(environ, start_response(status, headers), write_timeout)
-                write(b"")  # the headers, now
+                write = start_response(status, headers)
+                timed_writer(environ, write, write_timeout)(b"")  # the headers, now
+                # the answer is all that follows them: with the last chunk
+                write = timed_writer(environ, final_writer(environ, write), write_timeout)
                 stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
                 try:
                     batch = mailbox.take(connection.heartbeat_interval(), limit)
