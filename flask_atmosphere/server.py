@@ -147,13 +147,23 @@ class AtmosphereHandler(WebSocketHandler):
                 self.socket = None  # pywsgi's handler neither reads nor closes it
 
     def _write_with_headers(self, data):
-        # pywsgi's, with the status line, the headers and the first piece of
-        # the body in one send (pywsgi sends the headers on their own): the
-        # same bytes, one syscall fewer on each side for a small answer.
+        # pywsgi's, with the status line, the headers and a whole small body
+        # (one with a Content-Length) in one send (pywsgi sends the headers on
+        # their own): the same bytes, one syscall fewer on each side.
         if not data or len(data) > _COALESCE_MAX:
             return super()._write_with_headers(data)
         self.headers_sent = True
         self.finalize_headers()
+        if self.response_use_chunked:  # a stream: as pywsgi, headers on their own
+            self._sendall(self._header_block())
+            self._write(data)
+            return
+        towrite = self._header_block()
+        towrite += data
+        self._sendall(towrite)
+
+    def _header_block(self) -> bytearray:
+        """The status line and headers of the response, as pywsgi writes them."""
         towrite = bytearray(b"HTTP/1.1 ")
         towrite += self.status
         towrite += b"\r\n"
@@ -163,13 +173,7 @@ class AtmosphereHandler(WebSocketHandler):
             towrite += value
             towrite += b"\r\n"
         towrite += b"\r\n"
-        if self.response_use_chunked:
-            towrite += b"%x\r\n" % len(data)
-            towrite += data
-            towrite += b"\r\n"
-        else:
-            towrite += data
-        self._sendall(towrite)
+        return towrite
 
     def _write_final(self, data: bytes) -> None:
         """The WSGI ``write`` callable for the last piece of a response's
