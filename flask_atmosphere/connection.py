@@ -209,8 +209,7 @@ class Connection:
         """``carrier`` serves the client from now on; a request still serving
         it is superseded (its pending wait on the mailbox ends)."""
         if self._grace_timer is not None:
-            self._grace_timer.close()
-            self._grace_timer = None
+            self._grace_timer.stop()  # kept for the next detach (a long-poll's every poll)
         previous = self.carrier
         if previous is not None:
             previous.ended.set()
@@ -247,8 +246,10 @@ class Connection:
         if gone or not self.resumable or self.mailbox.closed or self.grace_period <= 0:
             self.finish(error)
             return
-        timer = self._grace_timer = gevent.get_hub().loop.timer(self.grace_period)
-        timer.start(self._grace_expired)
+        timer = self._grace_timer
+        if timer is None:
+            timer = self._grace_timer = gevent.get_hub().loop.timer(self.grace_period)
+        timer.start(self._grace_expired)  # one timer per connection, restarted
 
     def _grace_expired(self) -> None:
         self._grace_timer = None

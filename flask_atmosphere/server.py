@@ -6,15 +6,12 @@ else is ordinary WSGI. Under gunicorn, use its gevent WebSocket worker
 """
 from __future__ import annotations
 
-import email.parser
-import http.client
 import logging
-import re
 import signal
 
 import gevent
 from gevent.event import Event
-from gevent.pywsgi import OldMessage, WSGIServer
+from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 from .transports import REFUSAL_KEY, admit_upgrade
@@ -30,67 +27,6 @@ log = logging.getLogger("flask_atmosphere")
 _COALESCE_MAX = 64 * 1024
 
 
-#: A block of request header fields that the ``email`` parser (which pywsgi
-#: uses, through ``http.client.parse_headers``) reads as plain ``name: value``
-#: lines: a name of its header characters (``email.feedparser.headerRE``, at
-#: least one), no continuation line, no bare CR, then the empty line.
-_PLAIN_HEADERS = re.compile(r"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r?\n)*\r?\n")
-_HEADER_FIELD = re.compile(r"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\r\n]*)\r?\n")
-
-
-def parse_request_headers(rfile) -> OldMessage:
-    """Read a request's header fields from ``rfile`` (after the request
-    line) as pywsgi does (``gevent.pywsgi.headers_factory``): the same
-    lines read, the same limits, the same message, made without the
-    ``email`` parser when every field is a plain ``name: value`` line
-    (RFC 9112 §5) and the message carries no ``multipart``/``message``
-    content type that the ``email`` parser would look into; anything else
-    goes through that parser.
-
-    Args:
-        rfile: the connection's buffered binary reader.
-    Returns:
-        a ``gevent.pywsgi.OldMessage``; its ``status`` is ``"Line too long"``
-        for a line over ``http.client``'s limit (pywsgi answers 400).
-    Raises:
-        http.client.HTTPException: more than ``http.client._MAXHEADERS``
-            fields (as pywsgi's own parse).
-    """
-    lines = []
-    while True:  # http.client._read_headers
-        line = rfile.readline(_MAXLINE + 1)
-        if len(line) > _MAXLINE:
-            message = OldMessage()
-            message.status = "Line too long"
-            return message
-        lines.append(line)
-        if len(lines) > _MAXHEADERS:
-            raise http.client.HTTPException(f"got more than {_MAXHEADERS} headers")
-        if line in (b"\r\n", b"\n", b""):
-            break
-    text = b"".join(lines).decode("iso-8859-1")
-    if _PLAIN_HEADERS.fullmatch(text):
-        fields = _HEADER_FIELD.findall(text)
-        for name, value in fields:
-            if name.lower() == "content-type":
-                value = value.lower()
-                if "multipart" in value or "message" in value:
-                    break
-        else:
-            message = OldMessage()
-            message._headers = fields
-            message._payload = ""  # what the email parser leaves for no body
-            return message
-    return email.parser.Parser(_class=OldMessage).parsestr(text)
-
-
-_MAXLINE = getattr(http.client, "_MAXLINE", 65536)
-_MAXHEADERS = getattr(http.client, "_MAXHEADERS", 100)
-
-#: Request headers that pywsgi does not put in the environ as ``HTTP_*``.
-_NOT_HTTP_KEYS = (None, "CONTENT_TYPE", "CONTENT_LENGTH")
-
-
 class AtmosphereHandler(WebSocketHandler):
     """gevent-websocket's handler, which also shows the request's socket to
     the app (under :data:`SOCKET_KEY`) and, on an :class:`AtmosphereServer`,
@@ -99,24 +35,6 @@ class AtmosphereHandler(WebSocketHandler):
     connection lives on."""
 
     _parked = False
-
-    def MessageClass(self, rfile, *args):
-        # pywsgi's request header parse, without the email parser for plain fields.
-        return parse_request_headers(rfile)
-
-    def _headers(self):
-        # pywsgi's (the environ's HTTP_* items), from the parsed fields
-        # rather than from lines made up from them and split again.
-        fields = getattr(self.headers, "_headers", None)
-        if fields is None:
-            yield from super()._headers()
-            return
-        for name, value in fields:
-            if "_" in name:
-                continue  # pywsgi drops them (CGI would confuse - and _)
-            key = name.replace("-", "_").upper()
-            if key not in _NOT_HTTP_KEYS:
-                yield "HTTP_" + key, value.strip()
 
     def get_environ(self):
         environ = super().get_environ()

@@ -84,6 +84,19 @@ def test_a_lean_answer_is_the_answer_of_the_full_path(served):
     assert headers["Content-Length"] == str(len(body)) and "Transfer-Encoding" not in headers
 
 
+@pytest.mark.parametrize("header, value", [("X-Heartbeat-Server", "60"),
+                                           ("X-atmo-protocol", "true"),
+                                           ("X-Atmosphere-TrackMessageSize", "true")])
+def test_a_poll_with_a_parameter_as_a_header_goes_through_flask(served, header, value):
+    server, atmosphere, base, flask = served()
+    client = PollClient(base, "/quiet")
+    server.call(atmosphere.broadcast, "/quiet", "a")
+    response = client.http.get(client.url, params=client.query(), headers={header: value},
+                               timeout=TIMEOUT)
+    assert Decoder().feed(response.text) == ["a"]
+    assert flask.count == 2  # §1.3: a real header overrides the query, the full way
+
+
 def test_a_held_lean_poll_sends_its_headers_at_once_and_is_chunked(served):
     server, atmosphere, base, flask = served()
     client = PollClient(base, "/quiet")

@@ -1,115 +1,17 @@
-"""``AtmosphereHandler`` (server.py) on its own: the request header parse
-that spares the ``email`` parser reads exactly what pywsgi's reads, and a
-response goes out in as few sends as its shape allows, byte for byte as
-pywsgi writes it."""
+"""``AtmosphereHandler`` (server.py) on its own: a response goes out in as
+few sends as its shape allows, byte for byte as pywsgi writes it."""
 from __future__ import annotations
 
-import http.client
-import io
 import logging
 
 import gevent
 import pytest
 from flask import Flask
 from gevent import socket
-from gevent.pywsgi import WSGIHandler, headers_factory
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from gevent.pywsgi import WSGIHandler
 
 from flask_atmosphere import Atmosphere, AtmosphereClient
-from flask_atmosphere.server import AtmosphereHandler, AtmosphereServer, parse_request_headers
-
-TYPICAL = (b"Host: 127.0.0.1:8080\r\nUser-Agent: Python/3.11 aiohttp/3.14.5\r\nAccept: */*\r\n"
-           b"Accept-Encoding: gzip, deflate\r\nContent-Type: application/json\r\n\r\n")
-
-BLOCKS = [
-    TYPICAL,
-    b"\r\n",
-    b"\n",
-    b"",                                                  # EOF at once
-    b"Host: a\r\n",                                       # EOF before the empty line
-    b"Host: a\nAccept: b\n\n",                            # bare LF
-    b"Host: a\r\nAccept: b\n\r\n",
-    b"Host:a\r\nX-Empty:\r\nX-Blank:   \r\nX-Tab:\t v \t\r\n\r\n",
-    b"X-Long: a\r\n  continued\r\n\tagain\r\nHost: h\r\n\r\n",   # obsolete line folding
-    b" leading: space\r\nHost: h\r\n\r\n",                # continuation first
-    b"Host: a\rb\r\n\r\n",                                # a bare CR inside
-    b"Host: a\r\r\n\r\n",
-    b"Bad Name: x\r\nHost: h\r\n\r\n",                    # a space in the name: body starts
-    b": no name\r\nHost: h\r\n\r\n",
-    b"From someone\r\nHost: h\r\n\r\n",                   # unix-from
-    b"Host: h\r\nFrom x\r\n\r\n",
-    b"From: me@example.com\r\n\r\n",
-    b"no colon at all\r\n\r\n",
-    b"X_Under_Score: 1\r\nX-Dash: 2\r\n\r\n",
-    b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n",
-    b"content-type: Message/rfc822\r\n\r\n",
-    b"Content-Type: text/plain\r\nContent-Type: multipart/mixed\r\n\r\n",
-    b"Cookie: a=1\r\nCookie: b=2\r\nAccept: x\r\nAccept: y\r\n\r\n",
-    b"X-Latin: caf\xe9 \xff\r\nX-Ctl: a\x00b\x0bc\x1cd\x85\r\n\r\n",
-    b"X-Ends: value \r\n\r\n",
-    b"Host: a\r\n\r\nGET /next HTTP/1.1\r\n",             # a pipelined request after
-    b"Content-Length: 3\r\n\r\nabc",
-    b"X-Big: " + b"v" * 70000 + b"\r\n\r\n",              # over http.client's line limit
-    b"".join(b"X-%d: v\r\n" % i for i in range(99)) + b"\r\n",
-]
-
-
-def normalised(message) -> dict:
-    state = dict(vars(message))
-    state["defects"] = [(type(d), str(d)) for d in state["defects"]]
-    if isinstance(state["_payload"], list):  # a multipart or message/* body
-        state["_payload"] = [normalised(part) for part in state["_payload"]]
-    return state
-
-
-def same_parse(block: bytes) -> None:
-    ours, theirs = io.BytesIO(block), io.BytesIO(block)
-    try:
-        expected = headers_factory(theirs)
-    except http.client.HTTPException as exc:
-        with pytest.raises(type(exc)):
-            parse_request_headers(ours)
-        return
-    got = parse_request_headers(ours)
-    assert normalised(got) == normalised(expected)
-    assert ours.read() == theirs.read()  # the same lines consumed
-    # The environ's HTTP_* items, as pywsgi makes them from the same message.
-    handler = AtmosphereHandler.__new__(AtmosphereHandler)
-    handler.headers = got
-    plain = WSGIHandler.__new__(WSGIHandler)
-    plain.headers = expected
-    assert list(handler._headers()) == list(plain._headers())
-
-
-@pytest.mark.parametrize("block", BLOCKS)
-def test_headers_are_parsed_as_pywsgi_parses_them(block):
-    same_parse(block)
-
-
-def test_too_many_headers_are_refused_as_pywsgi_refuses_them():
-    same_parse(b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n")
-
-
-_LINE = st.one_of(
-    st.sampled_from([b"Host: h", b"Content-Type: text/plain", b"Content-Type: multipart/x",
-                     b" folded", b"\tfolded", b"From x", b": x", b"X_Y: 1", b"A B: c", b"",
-                     b"Cookie: c=1"]),
-    st.builds(lambda name, value: name + b":" + value,
-              st.binary(min_size=0, max_size=6), st.binary(max_size=12)),
-    st.binary(max_size=20),
-)
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(_LINE, st.sampled_from([b"\r\n", b"\n", b"\r", b""])), max_size=8),
-       st.sampled_from([b"\r\n", b"\n", b""]))
-def test_any_header_block_is_parsed_as_pywsgi_parses_it(lines, end):
-    same_parse(b"".join(line + eol for line, eol in lines) + end)
-
-
-# -- sends ---------------------------------------------------------------------------
-
+from flask_atmosphere.server import AtmosphereHandler, AtmosphereServer
 
 class RecordingSocket(socket.socket):
     """A gevent socket that records what each ``sendall`` sends."""

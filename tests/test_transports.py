@@ -113,6 +113,19 @@ def test_a_client_that_stops_polling_is_disconnected_after_the_grace_period(chat
     recorder.wait_for(lambda items: (client.uuid, Disconnected(ClientDisconnected())) in items)
 
 
+def test_a_polling_client_keeps_one_grace_timer_and_is_still_disconnected(chat, recorder):
+    server, atmosphere, base = chat(ATMOSPHERE_GRACE_PERIOD=0.3)
+    client = PollClient(base, "/quiet")
+    connection = server.call(atmosphere.registry.get, client.uuid)
+    timers = []
+    for i in range(3):  # each poll attaches, then detaches: the timer is restarted, not remade
+        server.call(atmosphere.broadcast, "/quiet", f"m{i}")
+        assert client.poll() == [f"m{i}"]
+        timers.append(server.call(getattr, connection, "_grace_timer"))
+    assert timers[0] is not None and all(timer is timers[0] for timer in timers)
+    recorder.wait_for(lambda items: (client.uuid, Disconnected(ClientDisconnected())) in items)
+
+
 def test_the_close_request_ends_the_client_and_answers_its_held_poll(chat, recorder):
     server, atmosphere, base = chat()
     client = PollClient(base, "/quiet")

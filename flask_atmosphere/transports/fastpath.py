@@ -176,11 +176,12 @@ class LeanPolls:
         offer = _POLLING.get(params.transport)
         if offer is None or connection.finished:
             return None
-        if tuple(environ.get(key) for key in _ROUTE_KEYS) != ticket.route_key:
+        get = environ.get
+        if (get("PATH_INFO"), get("SCRIPT_NAME"), get("HTTP_HOST"), get("wsgi.url_scheme"),
+                get("SERVER_NAME"), get("SERVER_PORT")) != ticket.route_key:
             return None
-        for key in environ:
-            if key.startswith(_HEADER_PARAMS):
-                return None
+        if _has_header_params(environ):
+            return None
         if not self._plain_request(environ):
             return None
         settings = self.atmosphere.settings(self.app)
@@ -223,6 +224,20 @@ class LeanPolls:
                 and app.config["SESSION_COOKIE_NAME"] in cookie:
             return False
         return True
+
+
+def _has_header_params(environ) -> bool:
+    """Whether the request carries an Atmosphere parameter as a real header
+    (§1.3: it overrides the query's). The keys are searched as one string:
+    a poll has some thirty of them and almost never such a header."""
+    try:
+        keys = "\0" + "\0".join(environ)
+    except TypeError:  # a key that is not a str (put there by a middleware)
+        keys = None
+    if keys is not None and "\0HTTP_X_ATMO" not in keys \
+            and "\0HTTP_X_HEARTBEAT_SERVER" not in keys:
+        return False
+    return any(isinstance(key, str) and key.startswith(_HEADER_PARAMS) for key in environ)
 
 
 def _parse(query: str) -> tuple[dict[str, str], AtmosphereParams] | None:

@@ -148,27 +148,22 @@ class WebSocketFraming:
     """Frames messages as WebSocket text frames (RFC 6455 §5.6), one per
     message, each length-framed (§3 of the protocol) if ``track``.
 
-    A broadcast frames a message once per framing and writes the same bytes
-    to every client framed alike (see ``Carrier.framing``).
+    A broadcast frames its messages once per framing and writes the same
+    bytes to every client framed alike (see ``Carrier.framing``). Frames are
+    not kept on the messages: a message waiting in slow clients' mailboxes
+    holds its text and UTF-8 bytes only.
     """
-    __slots__ = ("track", "key")
+    __slots__ = ("track",)
 
     def __init__(self, track: bool):
         self.track = track
-        self.key = ("websocket", track)
-
-    def frame(self, outbound) -> bytes:
-        """The frame of one message (an ``Outbound``), made once and kept on it."""
-        return outbound.cached(self.key, self._make)
-
-    def _make(self, outbound) -> bytes:
-        return encode_frame(outbound.encoded(self.track))
 
     def encode(self, outbounds) -> bytes:
         """The frames of ``outbounds`` (a list of ``Outbound``), one after another."""
+        track = self.track
         if len(outbounds) == 1:
-            return self.frame(outbounds[0])
-        return b"".join([self.frame(outbound) for outbound in outbounds])
+            return encode_frame(outbounds[0].encoded(track))
+        return b"".join([encode_frame(outbound.encoded(track)) for outbound in outbounds])
 
 
 #: The two framings, by ``X-Atmosphere-TrackMessageSize``.
