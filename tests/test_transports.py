@@ -337,3 +337,14 @@ def test_transports_can_be_refused_by_config(chat):
         websocket.create_connection(server.url("/chat", **ATMOSPHERE_PARAMS), timeout=TIMEOUT)
     assert info.value.status_code == 501
     assert PollClient(base, "/chat").uuid
+
+
+def test_a_woken_long_poll_waits_the_batch_wait_for_more(chat):
+    server, atmosphere, base = chat(ATMOSPHERE_LONG_POLL_BATCH_WAIT=0.5)
+    client = PollClient(base, "/quiet")
+    held = client.http.get(client.url, params=client.query(), stream=True, timeout=TIMEOUT)
+    atmosphere.broadcast("/quiet", "first")  # wakes the poll, which takes it...
+    mailbox = atmosphere.registry.get(client.uuid).mailbox
+    server.wait_until(lambda: mailbox.in_flight)
+    atmosphere.broadcast("/quiet", "second")  # ...and waits for this one too
+    assert Decoder().feed(held.raw.read().decode()) == ["first", "second"]

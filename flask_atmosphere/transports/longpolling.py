@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+import gevent
 import simplejson
 from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
@@ -127,6 +128,8 @@ class Poll:
                 stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
                 try:
                     batch = mailbox.take(connection.heartbeat_interval(), limit)
+                    if batch and limit is None:
+                        batch = self._more(batch)
                 finally:
                     stop_watching()
                 data = self._answer(batch)
@@ -148,6 +151,19 @@ class Poll:
         finally:
             connection.detach(carrier, error=failure)
         return []
+
+    def _more(self, batch: list) -> list:
+        """``batch`` and what else comes within ``ATMOSPHERE_LONG_POLL_BATCH_WAIT``
+        seconds, to go in the same answer."""
+        connection = self.connection
+        wait = connection.atmosphere.settings(connection.app).long_poll_batch_wait
+        if wait <= 0:
+            return batch
+        gevent.sleep(wait)
+        mailbox = connection.mailbox
+        if len(mailbox) and connection.serves(self.carrier):
+            batch += mailbox.take(None) or []
+        return batch
 
     def _answer(self, batch) -> bytes | None:
         """The body for what ``take`` gave: ``None`` for nothing at all (the
