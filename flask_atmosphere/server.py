@@ -16,7 +16,7 @@ from geventwebsocket.handler import WebSocketHandler
 
 from .transports import REFUSAL_KEY, admit_upgrade
 from .transports.http import FINAL_WRITE_KEY, SOCKET_KEY
-from .transports.websocket import PARK_KEY
+from .transports.websocket import PARK_KEY, read_buffered
 
 __all__ = ["AtmosphereServer", "AtmosphereHandler"]
 
@@ -48,10 +48,9 @@ class AtmosphereHandler(WebSocketHandler):
         """Give the upgraded socket away: returns ``(socket, buffered)``,
         ``buffered`` being what the request's reader holds beyond the
         request. The server will not close the socket."""
-        from .transports.websocket import _drain
         self._parked = True
         self.server.parked.add(self.socket)
-        return self.socket, _drain(self.rfile)
+        return self.socket, read_buffered(self.rfile)
 
     def run_websocket(self):
         # gevent-websocket's, without its registry of clients (``server.clients``),

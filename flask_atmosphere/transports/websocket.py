@@ -31,7 +31,7 @@ from ..protocol import HEARTBEAT_PADDING, frame, handshake_due
 from .wsframes import (FRAMING, PING, PONG, Close, FrameRefused, InboundFrames, Message, Ping,
                        close_frame, encode_frame)
 
-__all__ = ["serve", "refuse", "PARK_KEY", "WebSocketPeer"]
+__all__ = ["serve", "refuse", "read_buffered", "PARK_KEY", "WebSocketPeer"]
 
 log = logging.getLogger("flask_atmosphere")
 
@@ -66,7 +66,7 @@ def serve(connection: Connection, new: bool, ws, environ: dict) -> None:
     if park is not None:
         sock, buffered = park()
     else:
-        sock, buffered = ws.handler.socket, _drain(ws.handler.rfile)
+        sock, buffered = ws.handler.socket, read_buffered(ws.handler.rfile)
     peer = WebSocketPeer(connection, sock, parked=park is not None)
     peer.start(new, buffered)
 
@@ -82,7 +82,7 @@ def refuse(ws, code: int, reason: str) -> None:
             pass
 
 
-def _drain(rfile) -> bytes:
+def read_buffered(rfile) -> bytes:
     """What the request's buffered reader already holds beyond the upgrade
     request (a peer that sent frames right behind it), without waiting."""
     sock = rfile.raw._sock
