@@ -1,10 +1,12 @@
 """One mailbox per client: the ordered, bounded queue of its outbound messages.
 
 A broadcast renders a message once into an :class:`Outbound` and appends that
-same object to the mailbox of every target; it never touches a socket. The
-client's transport waits here for work, writes, and waits again. The mailbox
-outlives any single HTTP request: a long-poll client between two polls, or any
-client reconnecting with its tracking id, finds what was queued meanwhile.
+same object to the mailbox of every target that cannot take it at once (an
+idle WebSocket gets it written straight away, see ``broadcaster.fan_out``).
+An HTTP transport waits here for work, writes, and waits again; a WebSocket's
+writer is woken when something arrives. The mailbox outlives any single
+request: a long-poll client between two polls, or any client reconnecting
+with its tracking id, finds what was queued meanwhile.
 
 All of this runs on the server's gevent hub thread (the broadcaster hands
 calls from other threads over to it), so no lock is needed.
