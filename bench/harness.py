@@ -296,7 +296,6 @@ def background_busy(seconds: float = 0.5) -> float:
     """How busy the machine's cores are (0..1, all cores together) over
     ``seconds``, before a run: other work here skews every number."""
     def sample():
-        busy = total = 0
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:9]]
         idle = values[3] + values[4]
