@@ -129,10 +129,12 @@ class Connection:
 
     @property
     def resumable(self) -> bool:
-        """Whether the client can come back with its tracking id: an
-        Atmosphere client that got the handshake or brought a valid id."""
+        """Whether the client can come back with its tracking id: it asked for
+        the handshake (``X-atmo-protocol``), which gives it one, or brought a
+        valid one. With neither (a plain WebSocket client, an Atmosphere
+        client stuck at tracking id ``0``) it cannot."""
         params = self.params
-        return params.is_atmosphere and (params.protocol or valid_tracking_id(params.tracking_id))
+        return params.protocol or valid_tracking_id(params.tracking_id)
 
     @property
     def finished(self) -> bool:

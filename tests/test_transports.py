@@ -348,3 +348,17 @@ def test_a_woken_long_poll_waits_the_batch_wait_for_more(chat):
     server.wait_until(lambda: mailbox.in_flight)
     atmosphere.broadcast("/quiet", "second")  # ...and waits for this one too
     assert Decoder().feed(held.raw.read().decode()) == ["first", "second"]
+
+
+def test_a_poller_without_the_framework_parameter_is_resumed_by_its_tracking_id(chat, recorder):
+    # X-atmo-protocol and the tracking id suffice, as the README's parameters
+    # show; each poll on a new TCP connection.
+    server, atmosphere, base = chat()
+    query = {"X-Atmosphere-Transport": "long-polling", "X-atmo-protocol": "true",
+             "X-Atmosphere-TrackMessageSize": "true", "X-Atmosphere-tracking-id": "0"}
+    uuid = requests.get(base + "/quiet", params=query, timeout=TIMEOUT).text.split("|")[1]
+    query["X-Atmosphere-tracking-id"] = uuid
+    atmosphere.broadcast("/quiet", "between polls")
+    answer = requests.get(base + "/quiet", params=query, timeout=TIMEOUT).text
+    assert Decoder().feed(answer) == ["between polls"]
+    assert events_of(recorder, uuid) == [Connected()]
