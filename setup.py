@@ -24,6 +24,7 @@ setup(
             "websocket-client>=1.8",
             "requests>=2.31",
             "playwright>=1.45",
+            "pytest-rerunfailures>=14",
         ],
     },
     classifiers=[

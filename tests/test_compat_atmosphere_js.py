@@ -333,7 +333,19 @@ def cut(server: Server, uuid: str) -> None:
     server.live.call(run)
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.id)
+def _with_marks(cell: Cell):
+    """The legacy clients' XHR streaming, on a reconnect, opens and aborts
+    requests within a millisecond or two; now and then (more often on a busy
+    machine) the message sent while it was away goes to a request it then
+    drops. A known client quirk (see ``LEGACY_SETTLE`` in
+    transports/streaming.py): such a cell gets two more tries, and fails if
+    all three fail."""
+    if cell.legacy and cell.transport == "streaming":
+        return pytest.param(cell, marks=pytest.mark.flaky(reruns=2))
+    return cell
+
+
+@pytest.mark.parametrize("cell", [_with_marks(cell) for cell in CELLS], ids=lambda c: c.id)
 def test_official_client(server, open_client, cell: Cell):
     """Connect, handshake, echo, broadcast, and reconnect after a cut."""
     cp = open_client(server, cell.client)
