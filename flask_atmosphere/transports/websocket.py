@@ -47,6 +47,9 @@ READ_SIZE = 65536
 
 _DONTWAIT = socket.MSG_DONTWAIT
 
+#: A ping frame (RFC 6455 §5.5.2), without payload.
+_PING = encode_frame(b"", PING)
+
 
 def serve(connection: Connection, new: bool, ws, environ: dict) -> None:
     """Serve ``connection`` over the upgraded WebSocket ``ws``.
@@ -129,8 +132,8 @@ class WebSocketPeer:
         self._ended_event: Event | None = None
         self.write_timeout = settings.write_timeout
         self.close_timeout = settings.close_timeout
-        self.beat = (frame(HEARTBEAT_PADDING, connection.track).encode("utf-8")
-                     if connection.params.is_atmosphere else None)
+        self.beat = (encode_frame(frame(HEARTBEAT_PADDING, connection.track).encode("utf-8"))
+                     if connection.params.is_atmosphere else None)  # its whole frame
         self.carrier = Carrier(self.abort, self.direct, FRAMING[connection.track], self.wake)
 
     # -- the life of the connection --------------------------------------------
@@ -302,30 +305,22 @@ class WebSocketPeer:
         hub). What the socket does not take at once is finished by a
         short-lived greenlet that holds the write lock, so nothing overtakes
         it; a socket that takes nothing leaves the messages to the queue."""
-        lock = self.lock
-        if not self.connection.mailbox.idle or self.close_sent or not lock.acquire(blocking=False):
-            return False
-        try:
-            sent = self.raw.send(data, _DONTWAIT)
-        except OSError:  # full, or broken: the writer takes it from here
-            lock.release()
+        if not self.connection.mailbox.idle or self.close_sent \
+                or not self.lock.acquire(blocking=False):
             return False
         self.wrote = True
-        if sent == len(data):
-            lock.release()
-        else:
-            gevent.spawn(self._finish_write, memoryview(data)[sent:])
-        return True
+        return self._send_locked(data)
 
     def _control(self, data: bytes) -> None:
-        """Send a control frame (pong, close echo) from the hub if the socket
-        is free, else from a greenlet behind the current writer."""
-        if self.close_sent:
-            return
-        if self.lock.acquire(blocking=False):
-            if not self._send_locked(data):
-                self.lock.release()
-        else:
+        """Send a control frame (pong, close echo), unless the close frame
+        went out already."""
+        if not self.close_sent:
+            self._send_soon(data)
+
+    def _send_soon(self, data: bytes) -> None:
+        """Send ``data`` from the hub if the socket is free and takes it,
+        else from a greenlet behind the current writer."""
+        if not (self.lock.acquire(blocking=False) and self._send_locked(data)):
             gevent.spawn(self._send_later, data)
 
     def _send_locked(self, data: bytes) -> bool:
@@ -437,13 +432,9 @@ class WebSocketPeer:
                      connection.path)
             self.abort()
             return
-        data = encode_frame(b"", PING)
+        data = _PING
         if self.beat is not None and not self.wrote:
-            data = encode_frame(self.beat) + data
+            data = self.beat + _PING
         self.heard = self.wrote = False
         self.pinged = True
-        if self.lock.acquire(blocking=False):
-            if not self._send_locked(data):
-                gevent.spawn(self._send_later, data)
-        else:
-            gevent.spawn(self._send_later, data)
+        self._send_soon(data)
