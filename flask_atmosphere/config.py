@@ -40,11 +40,13 @@ DEFAULTS = {
     "ATMOSPHERE_GRACE_PERIOD": 60,
     # How long a closing WebSocket waits for the peer's close frame.
     "ATMOSPHERE_CLOSE_TIMEOUT": 5,
-    # Seconds a held long-poll of a client that tracks message sizes, woken
-    # by a message, waits for more before it answers: under load each poll
-    # then carries several messages (fewer requests, less CPU per message),
-    # for at most this much more latency. A poll that finds messages queued
-    # answers at once. 0: answer as soon as one message is there.
+    # The most seconds a held long-poll of a client that tracks message
+    # sizes, woken by a message, waits for the server to be idle (gevent's
+    # loop has nothing else to run) before it answers, taking what arrives
+    # meanwhile: under load each poll then carries several messages (fewer
+    # requests, less CPU per message); on a quiet server it waits for
+    # nothing. A poll that finds messages queued answers at once. 0: answer
+    # as soon as one message is there.
     "ATMOSPHERE_LONG_POLL_BATCH_WAIT": 0.01,
     # The transports this app offers. Leave "websocket" out to refuse
     # WebSocket upgrades (HTTP 501, as a server without WebSocket support

@@ -112,6 +112,9 @@ class Connection:
         self._opened = False     # Connected was delivered
         self._finished = False   # Disconnected is decided (delivered or on its way)
         self._grace_timer = None
+        #: Long-polling: the client's last poll was answered, so its open
+        #: fired already and its next poll need not send headers early.
+        self.poll_answered = False
         client: "AtmosphereClient" = route.client_class()
         client.uuid = uuid
         client.request = request

@@ -316,6 +316,10 @@ def connect_and_chat(cp: ClientPage, server: Server, cell: Cell, tag: str) -> st
     return hello
 
 
+#: The transports whose client polls: one held GET after another.
+POLLING = ("long-polling", "jsonp")
+
+
 def cut(server: Server, uuid: str) -> None:
     """Cut the request carrying the client ``uuid`` (waiting for one: a
     long-poll client may be between two polls)."""
@@ -384,7 +388,11 @@ def test_official_client(server, open_client, cell: Cell):
         assert cp.messages().count(back) == 1
         assert set(cp.tracking_ids()) == {"0"}, cp.chat_requests()
     events = cp.events()
-    assert [e for e in events if e["type"] in ("reconnect", "reopen")], events
+    if cell.transport not in POLLING:
+        assert [e for e in events if e["type"] in ("reconnect", "reopen")], events
+    # else the cut poll sent no byte yet (its headers go with its answer, after
+    # the first poll) and Chromium sent it again on a new connection by itself
+    # (a retry of an idempotent request, RFC 9110 §9.2.2): the client saw no cut.
     # It came back over the same transport.
     assert {e["transport"] for e in events if e["type"] == "message"} == {cell.transport}, events
 

@@ -3,8 +3,10 @@ and SSE, with the handshake, framing, heartbeats and nothing lost."""
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import gevent
 import pytest
 import requests
 
@@ -339,15 +341,57 @@ def test_transports_can_be_refused_by_config(chat):
     assert PollClient(base, "/chat").uuid
 
 
-def test_a_woken_long_poll_waits_the_batch_wait_for_more(chat):
-    server, atmosphere, base = chat(ATMOSPHERE_LONG_POLL_BATCH_WAIT=0.5)
+def test_a_woken_long_poll_takes_what_comes_while_the_server_is_busy(chat):
+    # A long cap: the answer goes once the server has nothing else to do,
+    # not after the cap (the read below would time out first).
+    server, atmosphere, base = chat(ATMOSPHERE_LONG_POLL_BATCH_WAIT=3 * TIMEOUT)
     client = PollClient(base, "/quiet")
     held = client.http.get(client.url, params=client.query(), stream=True, timeout=TIMEOUT)
-    atmosphere.broadcast("/quiet", "first")  # wakes the poll, which takes it...
-    mailbox = atmosphere.registry.get(client.uuid).mailbox
-    server.wait_until(lambda: mailbox.in_flight)
-    atmosphere.broadcast("/quiet", "second")  # ...and waits for this one too
+
+    def burst():  # on the hub: the poll wakes, and the hub is busy meanwhile
+        atmosphere.broadcast("/quiet", "first")
+        for _ in range(10):
+            gevent.sleep(0)
+        atmosphere.broadcast("/quiet", "second")
+    server.call(burst)
     assert Decoder().feed(held.raw.read().decode()) == ["first", "second"]
+
+
+def test_a_woken_long_poll_on_a_server_that_never_idles_answers_after_the_batch_wait(chat):
+    server, atmosphere, base = chat(ATMOSPHERE_LONG_POLL_BATCH_WAIT=0.05)
+    client = PollClient(base, "/quiet")
+    held = client.http.get(client.url, params=client.query(), stream=True, timeout=TIMEOUT)
+    answered = threading.Event()
+
+    def spin():  # keeps the hub from ever being idle until the answer is read
+        while not answered.is_set():
+            gevent.sleep(0)
+    server.loop.run_callback_threadsafe(gevent.spawn, spin)
+    try:
+        atmosphere.broadcast("/quiet", "first")
+        assert Decoder().feed(held.raw.read().decode()) == ["first"]
+    finally:
+        answered.set()
+
+
+def test_only_a_clients_first_poll_sends_its_headers_before_its_answer(chat):
+    # §2.5: a client's open fires on the headers of its first poll after the
+    # handshake; later polls send headers and answer together, with a length.
+    server, atmosphere, base = chat()
+    client = PollClient(base, "/quiet")
+    first = client.http.get(client.url, params=client.query(), stream=True, timeout=TIMEOUT)
+    assert first.headers["Transfer-Encoding"] == "chunked"  # headers out, nothing to say yet
+    atmosphere.broadcast("/quiet", "one")
+    assert Decoder().feed(first.raw.read().decode()) == ["one"]
+    connection = atmosphere.registry.get(client.uuid)
+    with ThreadPoolExecutor(1) as pool:  # requests returns once the headers come
+        later = pool.submit(client.http.get, client.url, params=client.query(), timeout=TIMEOUT)
+        server.wait_until(lambda: connection.carrier is not None)  # held
+        atmosphere.broadcast("/quiet", "two")
+        response = later.result(TIMEOUT)
+    assert "Transfer-Encoding" not in response.headers
+    assert response.headers["Content-Length"] == str(len(response.content))
+    assert Decoder().feed(response.text) == ["two"]
 
 
 def test_a_poller_without_the_framework_parameter_is_resumed_by_its_tracking_id(chat, recorder):

@@ -93,13 +93,18 @@ class Poll:
         """Answer the poll as a WSGI app would, with ``status`` and
         ``headers`` (``(name, value)`` strings, without a length).
 
-        When messages are queued already (the usual case under load), they
-        go at once, with a ``Content-Length``, headers and body together.
-        Otherwise the headers go at once (§4.2: the clients' ``open`` waits
-        for them) and the body, chunked, once there is something to say:
-        every queued message (each length-framed) when the client tracks
-        message sizes, else just one (Appendix C); a heartbeat after a quiet
-        period; nothing once the client is closed.
+        The answer is every queued message (each length-framed) when the
+        client tracks message sizes, else just one (Appendix C); a heartbeat
+        after a quiet period; nothing once the client is closed. It goes
+        with a ``Content-Length``, headers and body in one send, as soon as
+        there is something to say.
+
+        Only the first poll after a client connects, or after a poll of it
+        went unanswered, sends its headers at once and its body chunked
+        later: the clients fire ``open`` when the headers of that poll
+        arrive (§2.5, §4.2). A client's later polls fire nothing on their
+        headers, so they are held back and sent with the answer: one write
+        per poll instead of two, for the server and for the client.
 
         Returns:
             ``[]``: everything is written already.
@@ -110,21 +115,18 @@ class Poll:
         write_timeout = connection.atmosphere.settings(connection.app).write_timeout
         batch = None
         failure = None
+        answered, connection.poll_answered = connection.poll_answered, False
         headers.append(("Date", http_date()))
         try:
+            write = None  # until the headers are out
             if len(mailbox) or mailbox.closed:  # taken without waiting
                 batch = mailbox.take(None, limit)
-                data = self._answer(batch)
-                if data is None:
-                    batch = None
-                    data = b""
-                headers.append(("Content-Length", str(len(data))))
-                write = timed_writer(environ, start_response(status, headers), write_timeout)
             else:
-                write = start_response(status, headers)
-                timed_writer(environ, write, write_timeout)(b"")  # the headers, now
-                # the answer is all that follows them: with the last chunk
-                write = timed_writer(environ, final_writer(environ, write), write_timeout)
+                if not answered:
+                    write = start_response(status, headers)
+                    timed_writer(environ, write, write_timeout)(b"")  # the headers, now
+                    # the answer is all that follows them: with the last chunk
+                    write = timed_writer(environ, final_writer(environ, write), write_timeout)
                 stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
                 try:
                     batch = mailbox.take(connection.heartbeat_interval(), limit)
@@ -132,9 +134,14 @@ class Poll:
                         batch = self._more(batch)
                 finally:
                     stop_watching()
-                data = self._answer(batch)
+            data = self._answer(batch)
+            if write is None:
                 if data is None:
-                    return []  # an empty answer
+                    batch, data = None, b""
+                headers.append(("Content-Length", str(len(data))))
+                write = timed_writer(environ, start_response(status, headers), write_timeout)
+            elif data is None:
+                return []  # an empty answer
             try:
                 write(data)
             except OSError as exc:
@@ -144,6 +151,7 @@ class Poll:
                 raise
             if batch is not None:
                 mailbox.written()
+            connection.poll_answered = bool(data)
         except TimeoutError:
             socket_abort(environ)()
         except OSError:
@@ -153,13 +161,18 @@ class Poll:
         return []
 
     def _more(self, batch: list) -> list:
-        """``batch`` and what else comes within ``ATMOSPHERE_LONG_POLL_BATCH_WAIT``
-        seconds, to go in the same answer."""
+        """``batch`` and what else comes before the answer goes: the answer
+        waits until the server has nothing else to do at once (gevent's
+        loop is idle: the messages read meanwhile are fanned out), but at
+        most ``ATMOSPHERE_LONG_POLL_BATCH_WAIT`` seconds. Under load each
+        poll then carries several messages; on a quiet server it waits for
+        nothing."""
         connection = self.connection
         wait = connection.atmosphere.settings(connection.app).long_poll_batch_wait
         if wait <= 0:
             return batch
-        gevent.sleep(wait)
+        with gevent.Timeout(wait, False):
+            gevent.idle()
         mailbox = connection.mailbox
         if len(mailbox) and connection.serves(self.carrier):
             batch += mailbox.take(None) or []
