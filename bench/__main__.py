@@ -25,8 +25,9 @@ STANDARD = [
      WS_SERVERS, dict(clients=1000, messages=40, rate=2)),
     ("fixed-1000", "N=1000 at 20 msg/s: CPU per delivery, latency, RSS per idle connection",
      WS_SERVERS, dict(clients=1000, messages=600, rate=20)),
-    ("fixed-3000", "N=3000 at 10 msg/s: CPU per delivery, p99 latency, RSS per idle connection",
-     WS_SERVERS, dict(clients=3000, messages=300, rate=10)),
+    ("fixed-3000", "N=3000 at 10 msg/s: CPU per delivery, p99 latency, RSS per idle connection;"
+     " raw_send is the floor of one send() per socket",
+     ("raw", "raw_send") + WS_SERVERS[1:], dict(clients=3000, messages=300, rate=10)),
     ("max-1000", "N=1000 as fast as a window of 8 allows: max fan-out",
      WS_SERVERS, dict(clients=1000, messages=600, rate=0, window=8)),
     ("max-1000-w32", "N=1000 as fast as a window of 32 allows (room for batching)",
@@ -34,7 +35,7 @@ STANDARD = [
     ("10k", "N=10000 at 1 broadcast/s: p99 latency, connect time, RSS",
      WS_SERVERS, dict(clients=10000, messages=60, rate=1)),
     ("longpoll", "long-polling, N=200 pollers, window 20: deliveries/s, loss",
-     POLLING_SERVERS, dict(transport="poll", clients=200, messages=400, rate=0, window=20)),
+     POLLING_SERVERS, dict(transport="poll", clients=200, messages=2000, rate=0, window=20)),
 ]
 
 QUICK = {"clients": 0.05, "messages": 0.1}
