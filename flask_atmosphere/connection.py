@@ -189,6 +189,15 @@ class Connection:
         if direct is None or not direct(self.framing.encode([outbound])):
             self.enqueue(outbound)
 
+    def requeue(self, batch: list) -> None:
+        """Put ``batch`` (``(seq, Outbound)`` pairs taken from the mailbox but
+        not written) back at its front, and wake the request that serves
+        the client now (perhaps a newer one than the request that took
+        them), so that it writes them, in order (hub thread only)."""
+        self.mailbox.requeue(batch)
+        if batch:
+            self._wake()
+
     def enqueue(self, outbound: Outbound) -> None:
         """Append to the mailbox (hub thread only); a full mailbox disconnects
         this client and logs why, once."""

@@ -154,27 +154,36 @@ class Mailbox:
         self._event.set()
         return True
 
-    def take(self, timeout: float | None, limit: int | None = None, keep: bool = False
-             ) -> list[tuple[int, Outbound]] | None:
-        """Wait up to ``timeout`` seconds (``None``: forever) for messages and
-        remove them, at most ``limit`` of them (``None``: all); with ``keep``,
-        remember them as sent (see :meth:`resume`).
-
-        A newer ``take`` (another request of the same client) or
-        :meth:`interrupt` ends the wait early with ``[]``.
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: forever, ``0``: not at
+        all) until a message is queued or the mailbox closes, taking
+        nothing; at once if there is one already. A newer ``wait`` or
+        ``take`` (another request of the same client) or :meth:`interrupt`
+        ends the wait early.
 
         Returns:
-            ``(seq, message)`` pairs, oldest first; ``[]`` if the time ran out
-            or the wait was interrupted; ``None`` once the mailbox is closed
-            and nothing is left to deliver (``close_request`` says why).
+            ``False`` if the wait was ended early that way, else ``True``.
         """
         previous, event = self._event, Event()
         self._event = event
         previous.set()  # a reader still waiting there is superseded
-        if not self._queue and self.close_request is None:
+        if not self._queue and self.close_request is None and timeout != 0:
             event.wait(timeout)
-            if event is not self._event and self.close_request is None:
-                return []
+        return event is self._event
+
+    def take(self, timeout: float | None, limit: int | None = None, keep: bool = False
+             ) -> list[tuple[int, Outbound]] | None:
+        """Wait as :meth:`wait` does, then remove what is queued, at most
+        ``limit`` messages (``None``: all); with ``keep``, remember them as
+        sent (see :meth:`resume`).
+
+        Returns:
+            ``(seq, message)`` pairs, oldest first; ``[]`` if the time ran out
+            or the wait was ended early; ``None`` once the mailbox is closed
+            and nothing is left to deliver (``close_request`` says why).
+        """
+        if not self.wait(timeout) and self.close_request is None:
+            return []
         if self.close_request is not None and not self.close_request.drain:
             self._queue.clear()
             self._bytes = 0
@@ -206,8 +215,11 @@ class Mailbox:
         """Put back, at the front, messages taken but not written (the write
         failed): the client's next request gets them, in order."""
         self.in_flight = False
+        if not batch:
+            return
         self._queue.extendleft(reversed(batch))
         self._bytes += sum(message.size for _, message in batch)
+        self._event.set()  # the client's current reader (a newer request) takes them
         if self._sent:
             sent = {seq for seq, _ in batch}
             self._sent = deque(item for item in self._sent if item[0] not in sent)

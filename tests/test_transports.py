@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import gevent
+import gevent.event
 import pytest
 import requests
 
@@ -15,6 +17,8 @@ from http_clients import Decoder, PollClient, StreamClient, params
 from test_websocket import events_of, make_app
 from flask_atmosphere import (ClientDisconnected, Connected, Disconnected, JsonMessage,
                               TextMessage)
+from flask_atmosphere.connection import Carrier
+from flask_atmosphere.transports import longpolling
 
 
 @pytest.fixture
@@ -365,6 +369,7 @@ def test_a_woken_long_poll_on_a_server_that_never_idles_answers_after_the_batch_
 
     def spin():  # keeps the hub from ever being idle until the answer is read
         while not answered.is_set():
+            time.sleep(0.001)  # a busy server's work, letting this thread's client run
             gevent.sleep(0)
     server.loop.run_callback_threadsafe(gevent.spawn, spin)
     try:
@@ -372,6 +377,48 @@ def test_a_woken_long_poll_on_a_server_that_never_idles_answers_after_the_batch_
         assert Decoder().feed(held.raw.read().decode()) == ["first"]
     finally:
         answered.set()
+
+
+def test_a_poll_that_takes_over_from_one_waiting_for_more_gets_the_messages_at_once(
+        chat, monkeypatch):
+    # Poll A is woken and waits for more (held here until the test lets it
+    # go); the client's poll B takes over meanwhile: B gets the message at
+    # once, A an empty answer, and nothing waits for A or for a heartbeat.
+    server, atmosphere, base = chat()
+    settling, gate = [], server.call(gevent.event.Event)
+    monkeypatch.setattr(longpolling.Poll, "_settle",
+                        lambda poll: settling.append(poll) or gate.wait())
+    client = PollClient(base, "/quiet")
+    first = client.http.get(client.url, params=client.query(), stream=True, timeout=TIMEOUT)
+    atmosphere.broadcast("/quiet", "m0")
+    server.wait_until(lambda: settling)  # A is waiting for more
+    taking_over = requests.Session()  # another connection, as a browser's next poll
+    response = taking_over.get(client.url, params=client.query(), timeout=TIMEOUT)
+    assert Decoder().feed(response.text) == ["m0"]
+    server.call(gate.set)
+    assert first.raw.read() == b""  # A: superseded, an empty answer
+    atmosphere.broadcast("/quiet", "m1")
+    assert client.poll() == ["m1"]
+
+
+def test_messages_put_back_by_a_superseded_request_wake_the_one_serving_now(chat):
+    # A WebSocket's writer that took a batch and finds another request took
+    # the client over puts it back: the request serving now must write it.
+    server, atmosphere, base = chat()
+    connection = atmosphere.registry.get(PollClient(base, "/quiet").uuid)
+
+    def scenario():
+        atmosphere.broadcast("/quiet", "m0")
+        atmosphere.broadcaster.flush()
+        batch = connection.mailbox.take(0)  # by a request then superseded by this one:
+        woken = []
+        carrier = Carrier(wake=lambda: woken.append(len(connection.mailbox)))
+        connection.attach(carrier)
+        del woken[:]
+        connection.requeue(batch)
+        connection.detach(carrier)
+        return woken
+    assert server.call(scenario) == [1]
 
 
 def test_only_a_clients_first_poll_sends_its_headers_before_its_answer(chat):

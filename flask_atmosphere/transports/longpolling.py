@@ -129,11 +129,14 @@ class Poll:
                     write = timed_writer(environ, final_writer(environ, write), write_timeout)
                 stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
                 try:
-                    batch = mailbox.take(connection.heartbeat_interval(), limit)
-                    if batch and limit is None:
-                        batch = self._more(batch)
+                    # Nothing is taken while waiting: a newer poll of the
+                    # client that takes over meanwhile finds it all, in order.
+                    mailbox.wait(connection.heartbeat_interval())
+                    if limit is None and len(mailbox) and connection.serves(carrier):
+                        self._settle()
                 finally:
                     stop_watching()
+                batch = mailbox.take(0, limit) if connection.serves(carrier) else None
             data = self._answer(batch)
             if write is None:
                 if data is None:
@@ -146,7 +149,7 @@ class Poll:
                 write(data)
             except OSError as exc:
                 if batch:
-                    mailbox.requeue(batch)
+                    connection.requeue(batch)
                 failure = exc
                 raise
             if batch is not None:
@@ -160,23 +163,18 @@ class Poll:
             connection.detach(carrier, error=failure)
         return []
 
-    def _more(self, batch: list) -> list:
-        """``batch`` and what else comes before the answer goes: the answer
-        waits until the server has nothing else to do at once (gevent's
-        loop is idle: the messages read meanwhile are fanned out), but at
-        most ``ATMOSPHERE_LONG_POLL_BATCH_WAIT`` seconds. Under load each
-        poll then carries several messages; on a quiet server it waits for
+    def _settle(self) -> None:
+        """Before a woken poll takes its messages: wait until the server has
+        nothing else to do at once (gevent's loop is idle: the messages read
+        meanwhile are fanned out), but at most
+        ``ATMOSPHERE_LONG_POLL_BATCH_WAIT`` seconds. Under load each poll
+        then carries several messages; on a quiet server it waits for
         nothing."""
         connection = self.connection
         wait = connection.atmosphere.settings(connection.app).long_poll_batch_wait
-        if wait <= 0:
-            return batch
-        with gevent.Timeout(wait, False):
-            gevent.idle()
-        mailbox = connection.mailbox
-        if len(mailbox) and connection.serves(self.carrier):
-            batch += mailbox.take(None) or []
-        return batch
+        if wait > 0:
+            with gevent.Timeout(wait, False):
+                gevent.idle()
 
     def _answer(self, batch) -> bytes | None:
         """The body for what ``take`` gave: ``None`` for nothing at all (the
@@ -186,7 +184,7 @@ class Poll:
         connection = self.connection
         if not connection.serves(self.carrier):  # another poll took over, or the peer left
             if batch:
-                connection.mailbox.requeue(batch)
+                connection.requeue(batch)
             return None
         track = connection.track
         callback = self.jsonp_callback

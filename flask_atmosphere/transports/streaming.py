@@ -45,7 +45,7 @@ def pump(connection: Connection, carrier: Carrier, write: Write,
             return
         if not connection.serves(carrier):  # another request took over, or the peer left
             if batch:
-                mailbox.requeue(batch)
+                connection.requeue(batch)
             return
         if not batch:
             write(beat)
@@ -54,7 +54,7 @@ def pump(connection: Connection, carrier: Carrier, write: Write,
             try:
                 write(encode(seq, outbound))
             except OSError:
-                mailbox.requeue(batch[index:])
+                connection.requeue(batch[index:])
                 raise
         mailbox.written()
 

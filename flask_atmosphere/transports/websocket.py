@@ -389,13 +389,13 @@ class WebSocketPeer:
                 if not batch:
                     return
                 if not connection.serves(self.carrier):
-                    mailbox.requeue(batch)  # for the request that took over
+                    connection.requeue(batch)  # for the request that took over
                     continue
                 try:
                     self._send(framing.encode([outbound for _, outbound in batch]))
                     self.wrote = True
                 except OSError:
-                    mailbox.requeue(batch)  # for the client's next request
+                    connection.requeue(batch)  # for the client's next request
                     raise
                 mailbox.written()
         except OSError as exc:
