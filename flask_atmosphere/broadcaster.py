@@ -193,7 +193,7 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
     last_framing = last_wire_format = last_allowed = data = None
     rendered_for = outbounds = None
     for connection in targets:
-        if simple and connection.uuid not in skips:
+        if simple and (not skips or connection.uuid not in skips):
             allowed = everyone
         else:
             allowed = _allowed(batch, connection)

@@ -89,6 +89,9 @@ class Connection:
         request: the opening request, as the client sees it.
         session: the Flask session at connect time.
     """
+    __slots__ = ("atmosphere", "app", "uuid", "path", "params", "wire_format", "grace_period",
+                 "mailbox", "carrier", "direct", "framing", "poll_answered", "client", "_lock",
+                 "_opened", "_finished", "_grace_timer", "__weakref__")
 
     def __init__(self, atmosphere: "Atmosphere", app: "Flask", route: "Route", uuid: str,
                  params: AtmosphereParams, request: "ConnectRequest", session: Any):

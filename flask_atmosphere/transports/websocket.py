@@ -109,7 +109,7 @@ class WebSocketPeer:
             greenlet behind it), so that it reads from an io watcher and
             closes the socket itself.
     """
-    __slots__ = ("connection", "carrier", "sock", "raw", "inbound_frames", "lock", "parked",
+    __slots__ = ("connection", "mailbox", "carrier", "sock", "raw", "inbound_frames", "lock", "parked",
                  "heard", "pinged", "wrote", "close_sent", "ended", "watcher", "timer",
                  "writer", "dispatcher", "inbound", "_ended_event", "write_timeout",
                  "close_timeout", "beat")
@@ -117,6 +117,7 @@ class WebSocketPeer:
     def __init__(self, connection: Connection, sock, parked: bool):
         settings = connection.atmosphere.settings(connection.app)
         self.connection = connection
+        self.mailbox = connection.mailbox  # read for every broadcast (direct)
         self.sock = sock
         self.raw = sock._sock  # the real socket, for non-blocking writes from the hub
         self.inbound_frames = InboundFrames(settings.max_message_size)
@@ -305,7 +306,7 @@ class WebSocketPeer:
         hub). What the socket does not take at once is finished by a
         short-lived greenlet that holds the write lock, so nothing overtakes
         it; a socket that takes nothing leaves the messages to the queue."""
-        if not self.connection.mailbox.idle or self.close_sent \
+        if not self.mailbox.idle or self.close_sent \
                 or not self.lock.acquire(blocking=False):
             return False
         self.wrote = True
