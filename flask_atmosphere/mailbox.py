@@ -105,7 +105,7 @@ class Mailbox:
     kept as *sent*, and :meth:`resume` queues again exactly what it missed.
     """
     __slots__ = ("_queue", "_sent", "_bytes", "_event", "max_messages", "max_bytes",
-                 "close_request", "next_seq", "drop_oldest", "dropped", "in_flight")
+                 "close_request", "next_seq", "drop_oldest", "dropped", "in_flight", "idle")
 
     def __init__(self, max_messages: int, max_bytes: int, overflow: str = "disconnect"):
         if overflow not in ("disconnect", "drop-oldest"):
@@ -123,6 +123,10 @@ class Mailbox:
         self.dropped = 0
         #: A taken batch is still being written: nothing may overtake it.
         self.in_flight = False
+        #: Nothing queued, nothing being written, not closed: a message may
+        #: go straight to the socket without overtaking another (kept up to
+        #: date by every change, as it is read for every broadcast).
+        self.idle = True
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -149,6 +153,7 @@ class Mailbox:
                                   f"{self._bytes} bytes queued)")))
             return False
         self._queue.append((self.next_seq, message))
+        self.idle = False
         self.next_seq += 1
         self._bytes += message.size
         self._event.set()
@@ -193,6 +198,7 @@ class Mailbox:
         batch = [self._queue.popleft() for _ in range(count)]
         self._bytes -= sum(message.size for _, message in batch)
         self.in_flight = True
+        self.idle = False
         if keep:
             self._sent.extend(batch)
             while len(self._sent) > self.max_messages:
@@ -204,19 +210,16 @@ class Mailbox:
     def written(self) -> None:
         """The batch taken last is written: the next may follow."""
         self.in_flight = False
-
-    @property
-    def idle(self) -> bool:
-        """Nothing queued, nothing being written, not closed: a message may
-        go straight to the socket without overtaking another."""
-        return not self._queue and not self.in_flight and self.close_request is None
+        self.idle = not self._queue and self.close_request is None
 
     def requeue(self, batch: list[tuple[int, Outbound]]) -> None:
         """Put back, at the front, messages taken but not written (the write
         failed): the client's next request gets them, in order."""
         self.in_flight = False
         if not batch:
+            self.idle = not self._queue and self.close_request is None
             return
+        self.idle = False
         self._queue.extendleft(reversed(batch))
         self._bytes += sum(message.size for _, message in batch)
         self._event.set()  # the client's current reader (a newer request) takes them
@@ -242,5 +245,6 @@ class Mailbox:
         if self.close_request is not None:
             return False
         self.close_request = request
+        self.idle = False
         self._event.set()
         return True

@@ -305,12 +305,21 @@ class WebSocketPeer:
         ``data`` on the socket at once (a non-blocking send, safe on the
         hub). What the socket does not take at once is finished by a
         short-lived greenlet that holds the write lock, so nothing overtakes
-        it; a socket that takes nothing leaves the messages to the queue."""
-        if not self.mailbox.idle or self.close_sent \
-                or not self.lock.acquire(blocking=False):
+        it; a socket that takes nothing leaves the messages to the queue.
+
+        It runs for every client of every broadcast: each check is one
+        attribute or call."""
+        if not self.mailbox.idle or self.close_sent or self.lock.locked():
+            return False
+        try:
+            sent = self.raw.send(data, _DONTWAIT)
+        except OSError:  # full, or broken: the writer takes it from here
             return False
         self.wrote = True
-        return self._send_locked(data)
+        if sent != len(data):
+            self.lock.acquire()  # free (see above): nothing may write until the rest is out
+            gevent.spawn(self._finish_write, memoryview(data)[sent:])
+        return True
 
     def _control(self, data: bytes) -> None:
         """Send a control frame (pong, close echo), unless the close frame
