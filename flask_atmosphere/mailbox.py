@@ -214,7 +214,8 @@ class Mailbox:
 
     def requeue(self, batch: list[tuple[int, Outbound]]) -> None:
         """Put back, at the front, messages taken but not written (the write
-        failed): the client's next request gets them, in order."""
+        failed, or another request took the client over): the client's next
+        request gets them, in order, and one waiting here is woken."""
         self.in_flight = False
         if not batch:
             self.idle = not self._queue and self.close_request is None

@@ -109,8 +109,8 @@ class WebSocketPeer:
             greenlet behind it), so that it reads from an io watcher and
             closes the socket itself.
     """
-    __slots__ = ("connection", "mailbox", "carrier", "sock", "raw", "inbound_frames", "lock", "parked",
-                 "heard", "pinged", "wrote", "close_sent", "ended", "watcher", "timer",
+    __slots__ = ("connection", "mailbox", "carrier", "sock", "raw", "inbound_frames", "lock",
+                 "parked", "heard", "pinged", "wrote", "close_sent", "ended", "watcher", "timer",
                  "writer", "dispatcher", "inbound", "_ended_event", "write_timeout",
                  "close_timeout", "beat")
 
