@@ -120,7 +120,7 @@ class Poll:
         try:
             write = None  # until the headers are out
             if len(mailbox) or mailbox.closed:  # taken without waiting
-                batch = mailbox.take(None, limit)
+                batch = mailbox.take(None, limit) if connection.serves(carrier) else None
             else:
                 if not answered:
                     write = start_response(status, headers)
@@ -129,8 +129,8 @@ class Poll:
                     write = timed_writer(environ, final_writer(environ, write), write_timeout)
                 stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
                 try:
-                    # Nothing is taken while waiting: a newer poll of the
-                    # client that takes over meanwhile finds it all, in order.
+                    # Nothing is taken while waiting, nor by a poll another
+                    # took over: the newer poll finds it all, in order.
                     mailbox.wait(connection.heartbeat_interval())
                     if limit is None and len(mailbox) and connection.serves(carrier):
                         self._settle()
@@ -178,15 +178,10 @@ class Poll:
 
     def _answer(self, batch) -> bytes | None:
         """The body for what ``take`` gave: ``None`` for nothing at all (the
-        client is closed, or this poll was superseded: the batch goes back)."""
+        client is closed, or this poll was superseded and took nothing)."""
         if batch is None:
             return None
-        connection = self.connection
-        if not connection.serves(self.carrier):  # another poll took over, or the peer left
-            if batch:
-                connection.requeue(batch)
-            return None
-        track = connection.track
+        track = self.connection.track
         callback = self.jsonp_callback
         if not batch:
             return _encode(frame(HEARTBEAT_PADDING, track), callback)
