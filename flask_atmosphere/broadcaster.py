@@ -185,15 +185,16 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
         return
     everyone = tuple(range(len(batch)))
     # Everyone and SkipSelf need no call per client: only the senders of a
-    # SkipSelf broadcast miss something.
+    # SkipSelf broadcast miss something (found by identity: no read of a
+    # uuid per client).
     simple = all(b.to is Everyone or b.to is SkipSelf for b in batch)
-    skips = {b.sender for b in batch if b.to is SkipSelf and b.sender is not None}
+    skips = {registry.get(b.sender) for b in batch if b.to is SkipSelf and b.sender is not None}
     rendered: dict = {}   # wire format -> [Outbound | None per broadcast]
     framed: dict = {}     # (framing, wire format, allowed) -> bytes
     last_framing = last_wire_format = last_allowed = data = None
     rendered_for = outbounds = None
     for connection in targets:
-        if simple and (not skips or connection.uuid not in skips):
+        if simple and (not skips or connection not in skips):
             allowed = everyone
         else:
             allowed = _allowed(batch, connection)

@@ -105,7 +105,7 @@ class Mailbox:
     kept as *sent*, and :meth:`resume` queues again exactly what it missed.
     """
     __slots__ = ("_queue", "_sent", "_bytes", "_event", "max_messages", "max_bytes",
-                 "close_request", "next_seq", "drop_oldest", "dropped", "in_flight", "idle")
+                 "close_request", "next_seq", "drop_oldest", "dropped", "in_flight")
 
     def __init__(self, max_messages: int, max_bytes: int, overflow: str = "disconnect"):
         if overflow not in ("disconnect", "drop-oldest"):
@@ -123,10 +123,6 @@ class Mailbox:
         self.dropped = 0
         #: A taken batch is still being written: nothing may overtake it.
         self.in_flight = False
-        #: Nothing queued, nothing being written, not closed: a message may
-        #: go straight to the socket without overtaking another (kept up to
-        #: date by every change, as it is read for every broadcast).
-        self.idle = True
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -134,6 +130,12 @@ class Mailbox:
     @property
     def closed(self) -> bool:
         return self.close_request is not None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, nothing being written, not closed: a message may
+        go straight to the socket without overtaking another."""
+        return not self._queue and not self.in_flight and self.close_request is None
 
     def put(self, message: Outbound) -> bool:
         """Append ``message``. Returns ``False`` (and queues nothing) if the
@@ -153,7 +155,6 @@ class Mailbox:
                                   f"{self._bytes} bytes queued)")))
             return False
         self._queue.append((self.next_seq, message))
-        self.idle = False
         self.next_seq += 1
         self._bytes += message.size
         self._event.set()
@@ -198,7 +199,6 @@ class Mailbox:
         batch = [self._queue.popleft() for _ in range(count)]
         self._bytes -= sum(message.size for _, message in batch)
         self.in_flight = True
-        self.idle = False
         if keep:
             self._sent.extend(batch)
             while len(self._sent) > self.max_messages:
@@ -210,7 +210,6 @@ class Mailbox:
     def written(self) -> None:
         """The batch taken last is written: the next may follow."""
         self.in_flight = False
-        self.idle = not self._queue and self.close_request is None
 
     def requeue(self, batch: list[tuple[int, Outbound]]) -> None:
         """Put back, at the front, messages taken but not written (the write
@@ -218,9 +217,7 @@ class Mailbox:
         request gets them, in order, and one waiting here is woken."""
         self.in_flight = False
         if not batch:
-            self.idle = not self._queue and self.close_request is None
             return
-        self.idle = False
         self._queue.extendleft(reversed(batch))
         self._bytes += sum(message.size for _, message in batch)
         self._event.set()  # the client's current reader (a newer request) takes them
@@ -246,6 +243,5 @@ class Mailbox:
         if self.close_request is not None:
             return False
         self.close_request = request
-        self.idle = False
         self._event.set()
         return True

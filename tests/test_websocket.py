@@ -354,7 +354,8 @@ def test_a_full_mailbox_disconnects_only_the_slow_client(live, recorder):
         connection = atmosphere.registry.get(uuid)
         # As if its writer were stuck in a write: everything queues. With no
         # switch to the writer in between, 5 fit and the 6th overflows.
-        connection.mailbox.in_flight, connection.mailbox.idle = True, False
+        connection.mailbox.in_flight = True
+        connection.direct = None
         for i in range(10):
             atmosphere.broadcaster.deliver(Broadcast("/chat", f"m{i}", Everyone))
         atmosphere.broadcaster.flush()

@@ -1,10 +1,14 @@
 """``WebSocketPeer`` writes, with stand-in sockets: a frame the socket does
-not take from the hub goes out from a greenlet, in turn, and the write lock
-is left as it was found."""
+not take from the hub goes out from a greenlet, in turn, the write lock is
+left as it was found, and a write from the hub never overtakes one that is
+queued or still going out."""
 import gevent
 from gevent.lock import Semaphore
 
+from flask_atmosphere.connection import Carrier
+from flask_atmosphere.mailbox import Mailbox, Outbound
 from flask_atmosphere.transports.websocket import WebSocketPeer
+from flask_atmosphere.transports.wsframes import FRAMING, encode_frame
 
 
 class FullSocket:
@@ -12,6 +16,19 @@ class FullSocket:
 
     def send(self, data, flags=0):
         raise BlockingIOError()
+
+
+class PartSocket:
+    """The real socket, taking at most ``room`` bytes of each send; ``sent``
+    has what it took, in order."""
+
+    def __init__(self, room=1 << 20):
+        self.room = room
+        self.sent = []
+
+    def send(self, data, flags=0):
+        self.sent.append(bytes(data[:self.room]))
+        return min(len(data), self.room)
 
 
 class GreenSocket:
@@ -22,10 +39,26 @@ class GreenSocket:
         self.sent.append(bytes(data))
 
 
+class StandInConnection:
+    """What a peer's writer reads of its connection: it serves, and has a mailbox."""
+    uuid, path = "u1", "/chat"
+
+    def __init__(self):
+        self.mailbox = Mailbox(10, 1 << 20)
+
+    def serves(self, carrier):
+        return True
+
+
 def peer_over(raw, sock):
     peer = WebSocketPeer.__new__(WebSocketPeer)
     peer.lock, peer.raw, peer.sock = Semaphore(), raw, sock
     peer.write_timeout, peer.close_sent = 5, False
+    peer.connection = StandInConnection()
+    peer.mailbox = peer.connection.mailbox
+    peer.carrier = Carrier(framing=FRAMING[False])
+    peer.writer, peer.ended, peer.wrote = None, False, False
+    peer._update_ready()
     return peer
 
 
@@ -46,3 +79,36 @@ def test_nothing_goes_out_after_the_close_frame():
     peer._control(b"pong")
     gevent.sleep(0)
     assert sock.sent == []
+
+
+def test_a_frame_the_socket_took_in_part_holds_back_later_writes_until_its_rest_is_out():
+    raw, sock = PartSocket(room=3), GreenSocket()
+    peer = peer_over(raw, sock)
+    assert peer.direct(b"first")
+    raw.room = 100
+    assert not peer.direct(b"second")  # would land in the middle of "first"
+    gevent.sleep(0)  # the rest goes out from a greenlet
+    assert sock.sent == [b"st"]
+    assert peer.direct(b"third")
+    assert raw.sent == [b"fir", b"third"]
+
+
+def test_a_queued_message_holds_back_writes_from_the_hub_until_the_writer_sent_it():
+    raw, sock = PartSocket(), GreenSocket()
+    peer = peer_over(raw, sock)
+    peer.mailbox.put(Outbound("queued"))
+    peer.wake()  # what the connection does once it queued something
+    assert not peer.direct(b"later")  # it would overtake "queued"
+    gevent.sleep(0)  # the writer
+    assert sock.sent == [encode_frame(b"queued")]
+    assert peer.direct(b"later")
+    assert raw.sent == [b"later"]
+
+
+def test_no_write_from_the_hub_after_the_close_frame():
+    raw, sock = PartSocket(), GreenSocket()
+    peer = peer_over(raw, sock)
+    peer.ended = True  # no wait for the peer's close frame
+    peer._say_goodbye(1000, "bye")
+    assert not peer.direct(b"late")
+    assert raw.sent == []

@@ -109,17 +109,24 @@ class WebSocketPeer:
             greenlet behind it), so that it reads from an io watcher and
             closes the socket itself.
     """
-    __slots__ = ("connection", "mailbox", "carrier", "sock", "raw", "inbound_frames", "lock",
-                 "parked", "heard", "pinged", "wrote", "close_sent", "ended", "watcher", "timer",
-                 "writer", "dispatcher", "inbound", "_ended_event", "write_timeout",
+    __slots__ = ("connection", "mailbox", "carrier", "sock", "raw", "ready", "inbound_frames",
+                 "lock", "parked", "heard", "pinged", "wrote", "close_sent", "ended", "watcher",
+                 "timer", "writer", "dispatcher", "inbound", "_ended_event", "write_timeout",
                  "close_timeout", "beat")
 
     def __init__(self, connection: Connection, sock, parked: bool):
         settings = connection.atmosphere.settings(connection.app)
         self.connection = connection
-        self.mailbox = connection.mailbox  # read for every broadcast (direct)
+        self.mailbox = connection.mailbox
         self.sock = sock
         self.raw = sock._sock  # the real socket, for non-blocking writes from the hub
+        #: ``direct`` may write: the mailbox is idle, no write holds the lock,
+        #: no close frame went out. Read for every client of every broadcast,
+        #: so it is one attribute of this object, kept up to date: set false
+        #: by ``wake`` (every change that makes the mailbox busy ends in one),
+        #: by taking the lock and by the close frame; recomputed by
+        #: ``_update_ready`` when a write ends.
+        self.ready = False
         self.inbound_frames = InboundFrames(settings.max_message_size)
         self.lock = Semaphore()  # writers take turns: frames never interleave
         self.parked = parked
@@ -152,6 +159,7 @@ class WebSocketPeer:
                 connection.detach(self.carrier, error=exc)  # gone before it started
                 return
         connection.attach(self.carrier)
+        self._update_ready()  # an earlier request's write may still be going out
         if len(connection.mailbox) or connection.mailbox.closed:
             self.wake()  # what was queued for the client meanwhile
         heartbeat = connection.heartbeat_interval()
@@ -222,6 +230,7 @@ class WebSocketPeer:
                     code = 1000 if event.code in (1005, 1006, 1015) else event.code
                     self._control(close_frame(code))
                     self.close_sent = True
+                    self.ready = False
                 self._inbound(("end", True, None))
 
     def _inbound(self, item) -> None:
@@ -301,15 +310,16 @@ class WebSocketPeer:
     # -- writing -----------------------------------------------------------------
 
     def direct(self, data: bytes) -> bool:
-        """``Carrier.direct``: when nothing is queued or being written, put
-        ``data`` on the socket at once (a non-blocking send, safe on the
-        hub). What the socket does not take at once is finished by a
-        short-lived greenlet that holds the write lock, so nothing overtakes
-        it; a socket that takes nothing leaves the messages to the queue.
+        """``Carrier.direct``: when nothing is queued or being written
+        (``ready``), put ``data`` on the socket at once (a non-blocking
+        send, safe on the hub). What the socket does not take at once is
+        finished by a short-lived greenlet that holds the write lock, so
+        nothing overtakes it; a socket that takes nothing leaves the
+        messages to the queue.
 
-        It runs for every client of every broadcast: each check is one
-        attribute or call."""
-        if not self.mailbox.idle or self.close_sent or self.lock.locked():
+        It runs for every client of every broadcast: it reads nothing but
+        this object and its socket."""
+        if not self.ready:
             return False
         try:
             sent = self.raw.send(data, _DONTWAIT)
@@ -317,9 +327,14 @@ class WebSocketPeer:
             return False
         self.wrote = True
         if sent != len(data):
-            self.lock.acquire()  # free (see above): nothing may write until the rest is out
+            self.lock.acquire()  # free (ready): nothing may write until the rest is out
+            self.ready = False
             gevent.spawn(self._finish_write, memoryview(data)[sent:])
         return True
+
+    def _update_ready(self) -> None:
+        """Recompute ``ready`` once a write has ended."""
+        self.ready = self.mailbox.idle and not self.close_sent and not self.lock.locked()
 
     def _control(self, data: bytes) -> None:
         """Send a control frame (pong, close echo), unless the close frame
@@ -344,6 +359,7 @@ class WebSocketPeer:
         if sent == len(data):
             self.lock.release()
         else:
+            self.ready = False
             gevent.spawn(self._finish_write, memoryview(data)[sent:])
         return True
 
@@ -355,6 +371,7 @@ class WebSocketPeer:
             self.abort()  # half a frame is on the wire: the connection is spoiled
         finally:
             self.lock.release()
+            self._update_ready()
 
     def _send_later(self, data: bytes) -> None:
         try:
@@ -369,13 +386,19 @@ class WebSocketPeer:
             OSError: the socket broke, or the write took longer than
                 ``ATMOSPHERE_WRITE_TIMEOUT`` (the peer stopped reading).
         """
-        with self.lock:
+        self.lock.acquire()
+        self.ready = False
+        try:
             with Timeout(self.write_timeout, OSError("write timed out")):
                 self.sock.sendall(data)
+        finally:
+            self.lock.release()
+            self._update_ready()
 
     def wake(self) -> None:
         """``Carrier.wake``: the mailbox got something, closed, or another
         request took the client over; a writer greenlet sees to it."""
+        self.ready = False  # until the writer is done
         if self.writer is None and not self.ended:
             self.writer = gevent.spawn(self._write)
 
@@ -415,6 +438,7 @@ class WebSocketPeer:
             self.abort()
         finally:
             self.writer = None
+            self._update_ready()
             if self.ended:
                 self._close_socket()
 
@@ -424,6 +448,7 @@ class WebSocketPeer:
         if not self.close_sent:
             self._send(close_frame(code, reason))
             self.close_sent = True
+            self.ready = False
         if not self.ended:
             self._ended_event = Event()
             if not self._ended_event.wait(self.close_timeout):
