@@ -171,14 +171,26 @@ class Connection:
     def close(self, code: int = 1000, reason: str = "", error: BaseException | None = None,
               drain: bool = True) -> None:
         """End the connection from the server side (from any greenlet or thread)."""
-        self.atmosphere.broadcaster.call(self._close, CloseRequest(code, reason, drain, error))
+        self.atmosphere.broadcaster.call(self.close_now, CloseRequest(code, reason, drain, error))
 
-    def _close(self, request: CloseRequest) -> None:
-        if self.mailbox.close(request):
+    def close_now(self, request: CloseRequest) -> None:
+        """``close`` on the hub thread: close the mailbox as ``request``
+        says and tell the request serving the client, which says goodbye."""
+        if self.close_mailbox(request):
             if self.carrier is None:
                 gevent.spawn(self.finish)  # no request to tell: done now
             else:
                 self._wake()
+
+    def close_mailbox(self, request: CloseRequest) -> bool:
+        """Close the mailbox as ``request`` says (only the first call counts:
+        returns whether it did). From then on nothing is written from the
+        hub: what is queued drains (if ``request`` says so) through the
+        transport's writer, and nothing new is queued."""
+        if not self.mailbox.close(request):
+            return False
+        self.direct = None
+        return True
 
     def _wake(self) -> None:
         carrier = self.carrier
@@ -208,7 +220,8 @@ class Connection:
         if mailbox.closed:
             return
         dropped = mailbox.dropped
-        if not mailbox.put(outbound):
+        if not mailbox.put(outbound):  # it closed itself
+            self.direct = None
             log.warning("disconnecting client %s on %s: %s", self.uuid, self.path,
                         mailbox.close_request.error)
             if self.carrier is None:
@@ -323,14 +336,14 @@ class Connection:
             return
         self._finished = True
         if not self._opened:
-            self.mailbox.close(CloseRequest(1000, "", drain=False, error=error))
+            self.close_mailbox(CloseRequest(1000, "", drain=False, error=error))
             return
         if self._grace_timer is not None:
             self._grace_timer.close()
             self._grace_timer = None
         request = self.mailbox.close_request
         if request is None:
-            self.mailbox.close(CloseRequest(1000, "", drain=False, error=error))
+            self.close_mailbox(CloseRequest(1000, "", drain=False, error=error))
             by = ClientDisconnected()
         else:  # what a read saw after the server closed is no news
             by = ServerDisconnected()

@@ -13,6 +13,7 @@ from flask_atmosphere import (Atmosphere, AtmosphereClient, ClientDisconnected, 
                               Disconnected, Error, Everyone, JsonMessage, OnlySelf, Predicate,
                               ServerDisconnected, SkipSelf, TextMessage, TextWireFormat)
 from flask_atmosphere.broadcaster import Broadcast
+from flask_atmosphere.mailbox import Outbound
 
 
 @pytest.fixture(params=["atmosphere.run", "gevent-websocket"])
@@ -369,6 +370,25 @@ def test_a_full_mailbox_disconnects_only_the_slow_client(live, recorder):
     recorder.wait_for(lambda items: any(who == uuid and isinstance(e, Disconnected) for who, e in items))
     disconnected = [e for e in events_of(recorder, uuid) if isinstance(e, Disconnected)]
     assert disconnected[0].by == ServerDisconnected() and "mailbox full" in str(disconnected[0].error)
+
+
+def test_a_finished_client_gets_nothing_more_written_to_its_socket(live, recorder):
+    # atmosphere.js's close request (X-Atmosphere-Transport=close) finishes a
+    # client whose WebSocket may still be open for a moment: what is pushed to
+    # it after that is dropped, not written.
+    app, atmosphere = make_app(recorder)
+    server = live(app)
+    client, _ = connect(server, "/chat")
+
+    def finish_then_push():
+        connection = atmosphere.registry.get(client.uuid)
+        connection.finish()
+        connection.push(Outbound("late"))
+        connection.carrier.abort()  # the client sees the end next
+
+    server.call(finish_then_push)
+    with pytest.raises((ConnectionError, websocket.WebSocketException, OSError)):
+        client.recv()
 
 
 def test_shutdown_tells_every_client_and_closes_with_1001(live, recorder):

@@ -215,8 +215,8 @@ class WebSocketPeer:
             self._stop_reading()
             log.warning("closing client %s on %s with %d: %s", self.connection.uuid,
                         self.connection.path, exc.code, exc.reason)
-            self.connection.mailbox.close(CloseRequest(exc.code, exc.reason, drain=False, error=exc))
-            self.wake()  # the close frame
+            self.connection.close_now(CloseRequest(exc.code, exc.reason, drain=False, error=exc))
+            self.wake()  # the close frame, also if a newer request serves the client
             self._inbound(("end", True, exc))
             return
         for event in events:
@@ -446,9 +446,8 @@ class WebSocketPeer:
         """Send a close frame, wait for the peer's (up to
         ``ATMOSPHERE_CLOSE_TIMEOUT``), then cut the socket."""
         if not self.close_sent:
+            self.close_sent = True  # before the send: nothing may follow the frame
             self._send(close_frame(code, reason))
-            self.close_sent = True
-            self.ready = False
         if not self.ended:
             self._ended_event = Event()
             if not self._ended_event.wait(self.close_timeout):
