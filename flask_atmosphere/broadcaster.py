@@ -217,7 +217,7 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
                     data = framed[key] = framing.encode(
                         [outbounds[k] for k in allowed if outbounds[k] is not None])
                 last_framing, last_wire_format, last_allowed = framing, wire_format, allowed
-            if not data or direct(data):
+            if not data or direct.write_now(data):
                 continue
         for k in allowed:
             if outbounds[k] is not None:

@@ -53,9 +53,12 @@ class Carrier:
         ended: set once it serves no more (lost, or superseded by a newer
             request), for a transport that waits on something else.
         direct: where the transport can write from the hub without blocking,
-            ``direct(data: bytes) -> bool`` writes ``data`` (whole messages
-            framed by ``framing``) at once if nothing else is queued or being
-            written, and says whether it took them; else ``None``.
+            an object whose ``write_now(data: bytes) -> bool`` writes ``data``
+            (whole messages framed by ``framing``) at once if nothing else is
+            queued or being written, and says whether it took them; else
+            ``None``. An object, not a bound method: the broadcaster calls it
+            for every client of every broadcast, and a bound method is one
+            more object per client to bring into the cache.
         framing: with ``direct``, what frames messages for it: an object
             with ``encode(outbounds: list[Outbound]) -> bytes``, shared by
             every connection framed alike (the broadcaster frames a message
@@ -67,7 +70,7 @@ class Carrier:
     __slots__ = ("abort", "lost", "ended", "direct", "framing", "wake")
 
     def __init__(self, abort: Callable[[], None] | None = None,
-                 direct: Callable[[bytes], bool] | None = None, framing: Any = None,
+                 direct: Any = None, framing: Any = None,
                  wake: Callable[[], None] | None = None):
         self.abort = abort or (lambda: None)
         self.lost = False
@@ -109,7 +112,7 @@ class Connection:
         self.carrier: Carrier | None = None
         #: The serving carrier's ``direct`` and ``framing`` while it can take
         #: writes from the hub (read by the broadcaster for every broadcast).
-        self.direct: Callable[[bytes], bool] | None = None
+        self.direct: Any = None
         self.framing: Any = None
         self._lock = Semaphore()
         self._opened = False     # Connected was delivered
@@ -201,7 +204,7 @@ class Connection:
         """Write ``outbound`` at once if the transport can, else queue it
         (hub thread only)."""
         direct = self.direct
-        if direct is None or not direct(self.framing.encode([outbound])):
+        if direct is None or not direct.write_now(self.framing.encode([outbound])):
             self.enqueue(outbound)
 
     def requeue(self, batch: list) -> None:

@@ -38,9 +38,9 @@ class FakeConnection:
         self.writes: list[bytes] = []
         self.queued: list[str] = []
         self.accepts = accepts
-        self.direct = self._direct if direct else None
+        self.direct = self if direct else None
 
-    def _direct(self, data):
+    def write_now(self, data):
         if self.accepts:
             self.writes.append(data)
         return self.accepts

@@ -84,12 +84,12 @@ def test_nothing_goes_out_after_the_close_frame():
 def test_a_frame_the_socket_took_in_part_holds_back_later_writes_until_its_rest_is_out():
     raw, sock = PartSocket(room=3), GreenSocket()
     peer = peer_over(raw, sock)
-    assert peer.direct(b"first")
+    assert peer.write_now(b"first")
     raw.room = 100
-    assert not peer.direct(b"second")  # would land in the middle of "first"
+    assert not peer.write_now(b"second")  # would land in the middle of "first"
     gevent.sleep(0)  # the rest goes out from a greenlet
     assert sock.sent == [b"st"]
-    assert peer.direct(b"third")
+    assert peer.write_now(b"third")
     assert raw.sent == [b"fir", b"third"]
 
 
@@ -98,10 +98,10 @@ def test_a_queued_message_holds_back_writes_from_the_hub_until_the_writer_sent_i
     peer = peer_over(raw, sock)
     peer.mailbox.put(Outbound("queued"))
     peer.wake()  # what the connection does once it queued something
-    assert not peer.direct(b"later")  # it would overtake "queued"
+    assert not peer.write_now(b"later")  # it would overtake "queued"
     gevent.sleep(0)  # the writer
     assert sock.sent == [encode_frame(b"queued")]
-    assert peer.direct(b"later")
+    assert peer.write_now(b"later")
     assert raw.sent == [b"later"]
 
 
@@ -110,5 +110,5 @@ def test_no_write_from_the_hub_after_the_close_frame():
     peer = peer_over(raw, sock)
     peer.ended = True  # no wait for the peer's close frame
     peer._say_goodbye(1000, "bye")
-    assert not peer.direct(b"late")
+    assert not peer.write_now(b"late")
     assert raw.sent == []

@@ -120,7 +120,7 @@ class WebSocketPeer:
         self.mailbox = connection.mailbox
         self.sock = sock
         self.raw = sock._sock  # the real socket, for non-blocking writes from the hub
-        #: ``direct`` may write: the mailbox is idle, no write holds the lock,
+        #: ``write_now`` may write: the mailbox is idle, no write holds the lock,
         #: no close frame went out. Read for every client of every broadcast,
         #: so it is one attribute of this object, kept up to date: set false
         #: by ``wake`` (every change that makes the mailbox busy ends in one),
@@ -142,7 +142,7 @@ class WebSocketPeer:
         self.close_timeout = settings.close_timeout
         self.beat = (encode_frame(frame(HEARTBEAT_PADDING, connection.track).encode("utf-8"))
                      if connection.params.is_atmosphere else None)  # its whole frame
-        self.carrier = Carrier(self.abort, self.direct, FRAMING[connection.track], self.wake)
+        self.carrier = Carrier(self.abort, self, FRAMING[connection.track], self.wake)
 
     # -- the life of the connection --------------------------------------------
 
@@ -309,8 +309,8 @@ class WebSocketPeer:
 
     # -- writing -----------------------------------------------------------------
 
-    def direct(self, data: bytes) -> bool:
-        """``Carrier.direct``: when nothing is queued or being written
+    def write_now(self, data: bytes) -> bool:
+        """``Carrier.direct.write_now``: when nothing is queued or being written
         (``ready``), put ``data`` on the socket at once (a non-blocking
         send, safe on the hub). What the socket does not take at once is
         finished by a short-lived greenlet that holds the write lock, so
