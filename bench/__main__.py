@@ -233,10 +233,12 @@ def _save(path: Path | None, payload: dict) -> None:
 
 def cmd_run(args) -> None:
     load = _load(args)
-    profile = Path(args.profile) if args.profile else None
+    if args.profile and args.perf:
+        raise SystemExit("--profile and --perf: one profiler at a time")
+    profile = Path(args.profile or args.perf) if (args.profile or args.perf) else None
     result = run_once(args.server, verbose=not args.quiet, profile=profile,
-                      profile_native=args.native, wait_quiet=args.wait_quiet, rev=args.rev,
-                      **load)
+                      profile_native=args.native, profile_perf=bool(args.perf),
+                      wait_quiet=args.wait_quiet, rev=args.rev, **load)
     info = _machine(args)
     print(f"{describe(load)}; {_machine_line(info)}\n")
     print(table([result]))
@@ -246,7 +248,10 @@ def cmd_run(args) -> None:
     if args.full:
         print(json.dumps(result, indent=1))
     _save(args.json, {"machine": info, "load": load, "results": [result]})
-    if profile is not None:
+    if args.perf:
+        from .perf_summary import report
+        print("\n" + report(args.perf, deliveries=result["deliveries"]))
+    elif profile is not None:
         from .profile_summary import report
         print("\n" + report(str(profile), top=25))
 
@@ -329,6 +334,10 @@ def main(argv=None) -> None:
                      help="record the server with py-spy during the run (raw collapsed stacks "
                           "to FILE) and print a summary")
     run.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    run.add_argument("--perf", default=None, metavar="FILE",
+                     help="record the server with Linux perf during the run (perf.data to FILE; "
+                          "kernel and C frames, not Python's) and print where each delivery's "
+                          "CPU time goes")
     run.add_argument("--full", action="store_true", help="print every number as JSON too")
     run.set_defaults(func=cmd_run)
 

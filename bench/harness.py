@@ -169,25 +169,37 @@ class Server:
         self._log.close()
 
 
+#: Linux perf's samples per second of the server's CPU time (``--perf``).
+PERF_RATE = 2000
+
+
 class Profiler:
-    """py-spy recording the server while the load generator is in its run
-    phase (``phase: run`` .. ``phase: done`` on its stderr)."""
+    """A sampling profiler recording the server while the load generator is
+    in its run phase (``phase: run`` .. ``phase: done`` on its stderr):
+    py-spy (Python frames, ``--format raw``), or with ``perf`` Linux perf
+    (every frame, kernel too: ``perf record -e cpu-clock -g``, which needs
+    no hardware counters, so it works in a VM)."""
 
     def __init__(self, pid: int, path: Path, core: int | None, rate: int = 250,  # samples per second
-                 native: bool = False):
+                 native: bool = False, perf: bool = False):
         self.pid, self.path, self.core, self.rate, self.native = pid, path, core, rate, native
+        self.perf = perf
         self.proc = None
 
     def start(self) -> None:
         if self.proc is not None:
             return
-        command = ["py-spy", "record", "-p", str(self.pid), "-r", str(self.rate),
-                   "--format", "raw", "-o", str(self.path)]
-        command += ["--native"] if self.native else ["--nonblocking"]
-        venv_bin = Path(sys.executable).parent
-        if (venv_bin / "py-spy").exists():
-            command[0] = str(venv_bin / "py-spy")
-        self._log = open(self.path.with_suffix(".py-spy.log"), "wb")
+        if self.perf:
+            command = ["perf", "record", "-F", str(PERF_RATE), "-e", "cpu-clock", "-g",
+                       "-p", str(self.pid), "-o", str(self.path)]
+        else:
+            command = ["py-spy", "record", "-p", str(self.pid), "-r", str(self.rate),
+                       "--format", "raw", "-o", str(self.path)]
+            command += ["--native"] if self.native else ["--nonblocking"]
+            venv_bin = Path(sys.executable).parent
+            if (venv_bin / "py-spy").exists():
+                command[0] = str(venv_bin / "py-spy")
+        self._log = open(self.path.with_suffix(f".{command[0].rsplit('/', 1)[-1]}.log"), "wb")
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
                                      preexec_fn=_pinned(self.core))
 
@@ -206,7 +218,7 @@ def run_once(server: str, *, transport: str = "ws", clients: int = 100, messages
              rate: float = 0, window: int = 0, size: int = 150, idle_timeout: float = 5.0,
              max_seconds: float = 300.0, connect_concurrency: int = 100,
              profile: Path | None = None, profile_native: bool = False,
-             log_dir: Path | None = None, verbose: bool = True,
+             profile_perf: bool = False, log_dir: Path | None = None, verbose: bool = True,
              wait_quiet: float = 0.0, rev: str | None = None) -> dict:
     """One server, one load: returns the load generator's numbers.
 
@@ -240,7 +252,8 @@ def run_once(server: str, *, transport: str = "ws", clients: int = 100, messages
                    "--connect-concurrency", str(connect_concurrency)]
         if profile is not None:
             profile.parent.mkdir(parents=True, exist_ok=True)
-            profiler = Profiler(srv.pid, profile, loadgen_core, native=profile_native)
+            profiler = Profiler(srv.pid, profile, loadgen_core, native=profile_native,
+                                perf=profile_perf)
         out_path = log_dir / f"{server}.loadgen.out"
         out_file = open(out_path, "w+")
         proc = subprocess.Popen(command, stdout=out_file, stderr=subprocess.PIPE,
