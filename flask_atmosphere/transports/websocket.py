@@ -125,7 +125,8 @@ class WebSocketPeer:
         #: so it is one attribute of this object, kept up to date: set false
         #: by ``wake`` (every change that makes the mailbox busy ends in one),
         #: by taking the lock and by the close frame; recomputed by
-        #: ``_update_ready`` when a write ends.
+        #: ``_update_ready`` when a write ends. (A closed mailbox also clears
+        #: ``Connection.direct``, so nothing asks any more.)
         self.ready = False
         self.inbound_frames = InboundFrames(settings.max_message_size)
         self.lock = Semaphore()  # writers take turns: frames never interleave
@@ -333,7 +334,7 @@ class WebSocketPeer:
         return True
 
     def _update_ready(self) -> None:
-        """Recompute ``ready`` once a write has ended."""
+        """Recompute ``ready`` from what it stands for (after a write, or on attaching)."""
         self.ready = self.mailbox.idle and not self.close_sent and not self.lock.locked()
 
     def _control(self, data: bytes) -> None:
