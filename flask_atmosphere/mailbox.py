@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from time import monotonic
 
 from gevent.event import Event
 
@@ -162,10 +163,12 @@ class Mailbox:
 
     def wait(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds (``None``: forever, ``0``: not at
-        all) until a message is queued or the mailbox closes, taking
-        nothing; at once if there is one already. A newer ``wait`` or
-        ``take`` (another request of the same client) or :meth:`interrupt`
-        ends the wait early.
+        all) until a message can be taken or the mailbox closes, taking
+        nothing; at once if one can be already. A message can be taken once
+        it is queued and no batch taken earlier is still being written (by
+        an earlier request of the client: it is written, or put back in
+        front, first). A newer ``wait`` or ``take`` (another request of the
+        same client) or :meth:`interrupt` ends the wait early.
 
         Returns:
             ``False`` if the wait was ended early that way, else ``True``.
@@ -173,8 +176,16 @@ class Mailbox:
         previous, event = self._event, Event()
         self._event = event
         previous.set()  # a reader still waiting there is superseded
-        if not self._queue and self.close_request is None and timeout != 0:
-            event.wait(timeout)
+        if timeout == 0:
+            return True
+        deadline = None if timeout is None else monotonic() + timeout
+        while self.close_request is None and (not self._queue or self.in_flight):
+            left = None if deadline is None else deadline - monotonic()
+            if left is not None and left <= 0 or not event.wait(left):
+                break  # the time ran out
+            if event is not self._event:
+                return False
+            event.clear()  # a message came while a batch is still out: wait on
         return event is self._event
 
     def take(self, timeout: float | None, limit: int | None = None, keep: bool = False
@@ -195,6 +206,8 @@ class Mailbox:
             self._bytes = 0
         if not self._queue:
             return None if self.close_request is not None else []
+        if self.in_flight:
+            return []  # the time ran out before the earlier batch was written
         count = len(self._queue) if limit is None else min(limit, len(self._queue))
         batch = [self._queue.popleft() for _ in range(count)]
         self._bytes -= sum(message.size for _, message in batch)
@@ -208,20 +221,24 @@ class Mailbox:
         return batch
 
     def written(self) -> None:
-        """The batch taken last is written: the next may follow."""
+        """The batch taken last is written: the next may follow (a reader
+        waiting for it is woken). Every batch taken ends with this or
+        :meth:`requeue`, whatever happens to its writer."""
         self.in_flight = False
+        if self._queue:
+            self._event.set()
 
     def requeue(self, batch: list[tuple[int, Outbound]]) -> None:
         """Put back, at the front, messages taken but not written (the write
         failed, or another request took the client over): the client's next
         request gets them, in order, and one waiting here is woken."""
         self.in_flight = False
-        if not batch:
-            return
-        self._queue.extendleft(reversed(batch))
-        self._bytes += sum(message.size for _, message in batch)
-        self._event.set()  # the client's current reader (a newer request) takes them
-        if self._sent:
+        if batch:
+            self._queue.extendleft(reversed(batch))
+            self._bytes += sum(message.size for _, message in batch)
+        if self._queue:
+            self._event.set()  # the client's current reader (a newer request) takes them
+        if batch and self._sent:
             sent = {seq for seq, _ in batch}
             self._sent = deque(item for item in self._sent if item[0] not in sent)
 

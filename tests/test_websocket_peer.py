@@ -49,6 +49,9 @@ class StandInConnection:
     def serves(self, carrier):
         return True
 
+    def requeue(self, batch):
+        self.mailbox.requeue(batch)
+
 
 def peer_over(raw, sock):
     peer = WebSocketPeer.__new__(WebSocketPeer)
@@ -112,3 +115,21 @@ def test_no_write_from_the_hub_after_the_close_frame():
     peer._say_goodbye(1000, "bye")
     assert not peer.write_now(b"late")
     assert raw.sent == []
+
+
+class StalledSocket:
+    """A socket whose peer stopped reading: a blocking send never returns."""
+
+    def sendall(self, data):
+        gevent.sleep(3600)
+
+
+def test_a_writer_killed_mid_write_puts_its_batch_back_for_the_next_request():
+    peer = peer_over(PartSocket(), StalledSocket())
+    peer.mailbox.put(Outbound("queued"))
+    peer.wake()
+    gevent.sleep(0)  # the writer took it and is stuck writing it
+    assert peer.mailbox.in_flight
+    peer.writer.kill()
+    assert not peer.mailbox.in_flight
+    assert [o.text for _, o in peer.mailbox.take(0)] == ["queued"]

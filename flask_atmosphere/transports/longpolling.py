@@ -137,22 +137,23 @@ class Poll:
                 finally:
                     stop_watching()
                 batch = mailbox.take(0, limit) if connection.serves(carrier) else None
-            data = self._answer(batch)
-            if write is None:
-                if data is None:
-                    batch, data = None, b""
-                headers.append(("Content-Length", str(len(data))))
-                write = timed_writer(environ, start_response(status, headers), write_timeout)
-            elif data is None:
-                return []  # an empty answer
             try:
+                data = self._answer(batch)
+                if write is None:
+                    if data is None:
+                        data = b""
+                    headers.append(("Content-Length", str(len(data))))
+                    write = timed_writer(environ, start_response(status, headers), write_timeout)
+                elif data is None:
+                    return []  # an empty answer
                 write(data)
-            except OSError as exc:
+            except BaseException as exc:  # broken, timed out, or killed
                 if batch:
                     connection.requeue(batch)
-                failure = exc
+                if isinstance(exc, OSError):
+                    failure = exc
                 raise
-            if batch is not None:
+            if batch:
                 mailbox.written()
             connection.poll_answered = bool(data)
         except TimeoutError:

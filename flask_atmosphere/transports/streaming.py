@@ -53,7 +53,7 @@ def pump(connection: Connection, carrier: Carrier, write: Write,
         for index, (seq, outbound) in enumerate(batch):
             try:
                 write(encode(seq, outbound))
-            except OSError:
+            except BaseException:  # broken, timed out, or killed
                 connection.requeue(batch[index:])
                 raise
         mailbox.written()

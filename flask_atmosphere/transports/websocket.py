@@ -428,7 +428,7 @@ class WebSocketPeer:
                 try:
                     self._send(framing.encode([outbound for _, outbound in batch]))
                     self.wrote = True
-                except OSError:
+                except BaseException:  # broken, timed out, or killed
                     connection.requeue(batch)  # for the client's next request
                     raise
                 mailbox.written()

@@ -1,0 +1,64 @@
+"""The mailbox alone (no sockets): a batch still being written by an earlier
+request of a client holds back the next take, so that what that write puts
+back, if it fails, still goes out first and in order."""
+import gevent
+
+from flask_atmosphere.mailbox import CloseRequest, Mailbox, Outbound
+
+
+def seqs(batch):
+    return [seq for seq, _ in batch]
+
+
+def mailbox_with(*texts):
+    mailbox = Mailbox(10, 1 << 20)
+    for text in texts:
+        mailbox.put(Outbound(text))
+    return mailbox
+
+
+def test_a_take_waits_for_the_batch_still_going_out_and_gets_what_it_puts_back_first():
+    mailbox = mailbox_with("one")
+    earlier = mailbox.take(0)  # an old request's write, not done yet
+    mailbox.put(Outbound("two"))
+    newer = gevent.spawn(mailbox.take, None)  # the client came back on a new request
+    gevent.sleep(0)
+    assert not newer.ready()  # "two" would overtake "one"
+    mailbox.requeue(earlier)  # the old write failed
+    assert seqs(newer.get(timeout=1)) == [1, 2]
+
+
+def test_a_take_waits_for_the_batch_still_going_out_and_gets_the_rest_once_it_is_written():
+    mailbox = mailbox_with("one")
+    mailbox.take(0)
+    mailbox.put(Outbound("two"))
+    newer = gevent.spawn(mailbox.take, None)
+    gevent.sleep(0)
+    assert not newer.ready()
+    mailbox.written()
+    assert seqs(newer.get(timeout=1)) == [2]
+
+
+def test_a_take_that_runs_out_of_time_behind_a_batch_going_out_takes_nothing():
+    mailbox = mailbox_with("one")
+    mailbox.take(0)
+    mailbox.put(Outbound("two"))
+    assert mailbox.take(0) == []
+    assert mailbox.take(0.01) == []
+    mailbox.written()
+    assert seqs(mailbox.take(0)) == [2]
+
+
+def test_an_empty_take_does_not_end_the_batch_going_out():
+    mailbox = mailbox_with("one")
+    mailbox.take(0)
+    assert mailbox.take(0) == []
+    assert mailbox.in_flight and not mailbox.idle
+
+
+def test_a_closed_mailbox_says_so_even_while_a_batch_is_going_out():
+    mailbox = mailbox_with("one")
+    mailbox.take(0)
+    mailbox.put(Outbound("two"))
+    mailbox.close(CloseRequest(1008, "slow consumer", drain=False))
+    assert mailbox.take(None) is None
