@@ -179,7 +179,7 @@ class Mailbox:
         if timeout == 0:
             return True
         deadline = None if timeout is None else monotonic() + timeout
-        while self.close_request is None and (not self._queue or self.in_flight):
+        while not self._can_take():
             left = None if deadline is None else deadline - monotonic()
             if left is not None and left <= 0 or not event.wait(left):
                 break  # the time ran out
@@ -187,6 +187,15 @@ class Mailbox:
                 return False
             event.clear()  # a message came while a batch is still out: wait on
         return event is self._event
+
+    def _can_take(self) -> bool:
+        """A take would not wait: the mailbox is closed with nothing left to
+        deliver (or nothing to drain), or a message is queued and no batch
+        taken earlier is still being written."""
+        request = self.close_request
+        if request is not None and (not request.drain or not self._queue):
+            return True
+        return bool(self._queue) and not self.in_flight
 
     def take(self, timeout: float | None, limit: int | None = None, keep: bool = False
              ) -> list[tuple[int, Outbound]] | None:
@@ -233,21 +242,29 @@ class Mailbox:
         failed, or another request took the client over): the client's next
         request gets them, in order, and one waiting here is woken."""
         self.in_flight = False
+        self._put_back(batch)
+
+    def _put_back(self, batch: list[tuple[int, Outbound]]) -> None:
+        """Queue ``batch`` again at the front, but no message that is queued
+        already (a resume may have put it back before a failed write does)."""
         if batch:
+            queued = {seq for seq, _ in self._queue}
+            batch = [item for item in batch if item[0] not in queued]
             self._queue.extendleft(reversed(batch))
             self._bytes += sum(message.size for _, message in batch)
+            if self._sent:
+                sent = {seq for seq, _ in batch}
+                self._sent = deque(item for item in self._sent if item[0] not in sent)
         if self._queue:
             self._event.set()  # the client's current reader (a newer request) takes them
-        if batch and self._sent:
-            sent = {seq for seq, _ in batch}
-            self._sent = deque(item for item in self._sent if item[0] not in sent)
 
     def resume(self, last_seq: int) -> None:
         """The reader got everything up to ``last_seq`` (SSE ``Last-Event-ID``):
-        queue again, at the front, what was sent after it."""
+        queue again, at the front, what was sent after it. A batch an earlier
+        request is still writing stays in flight: the next take waits for it."""
         missed = [item for item in self._sent if item[0] > last_seq]
         self._sent.clear()
-        self.requeue(missed)
+        self._put_back(missed)
 
     def interrupt(self) -> None:
         """End a pending :meth:`take` early (it returns ``[]``)."""

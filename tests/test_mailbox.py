@@ -62,3 +62,26 @@ def test_a_closed_mailbox_says_so_even_while_a_batch_is_going_out():
     mailbox.put(Outbound("two"))
     mailbox.close(CloseRequest(1008, "slow consumer", drain=False))
     assert mailbox.take(None) is None
+
+
+def test_a_draining_close_still_waits_for_the_batch_going_out_then_delivers_the_rest():
+    mailbox = mailbox_with("one")
+    mailbox.take(0)
+    mailbox.put(Outbound("two"))
+    mailbox.close(CloseRequest(1000, "bye", drain=True))
+    newer = gevent.spawn(mailbox.take, None)
+    gevent.sleep(0)
+    assert not newer.ready()
+    mailbox.written()
+    assert seqs(newer.get(timeout=1)) == [2]
+    assert mailbox.take(None) is None  # then the goodbye
+
+
+def test_a_resume_leaves_the_batch_going_out_in_flight_and_queues_nothing_twice():
+    mailbox = mailbox_with("one")
+    earlier = mailbox.take(0, keep=True)  # an old SSE request's write, not done yet
+    mailbox.put(Outbound("two"))
+    mailbox.resume(0)  # the browser came back: it had nothing
+    assert mailbox.take(0) == []  # "one" is still going out on the old request
+    mailbox.requeue(earlier)  # which failed
+    assert seqs(mailbox.take(0)) == [1, 2]

@@ -18,7 +18,9 @@ from test_websocket import events_of, make_app
 from flask_atmosphere import (ClientDisconnected, Connected, Disconnected, JsonMessage,
                               TextMessage)
 from flask_atmosphere.connection import Carrier
+from flask_atmosphere.mailbox import Mailbox, Outbound
 from flask_atmosphere.transports import longpolling
+from flask_atmosphere.transports.streaming import pump
 
 
 @pytest.fixture
@@ -454,3 +456,31 @@ def test_a_poller_without_the_framework_parameter_is_resumed_by_its_tracking_id(
     answer = requests.get(base + "/quiet", params=query, timeout=TIMEOUT).text
     assert Decoder().feed(answer) == ["between polls"]
     assert events_of(recorder, uuid) == [Connected()]
+
+
+def test_a_superseded_stream_stops_between_two_messages_and_puts_the_rest_back():
+    # The newer request waits for the batch this one is writing: it waits
+    # for one write, not for the whole batch.
+    class Client:
+        def __init__(self):
+            self.mailbox = Mailbox(10, 1 << 20)
+            self.serving = True
+
+        def serves(self, carrier):
+            return self.serving
+
+        def requeue(self, batch):
+            self.mailbox.requeue(batch)
+
+    client = Client()
+    for text in ("one", "two", "three"):
+        client.mailbox.put(Outbound(text))
+    written = []
+
+    def write(data):
+        written.append(data)
+        client.serving = False  # a newer request arrives during the first write
+
+    pump(client, None, write, lambda seq, o: o.data, b"X", None)
+    assert written == [b"one"]
+    assert [o.text for _, o in client.mailbox.take(0)] == ["two", "three"]

@@ -51,6 +51,9 @@ def pump(connection: Connection, carrier: Carrier, write: Write,
             write(beat)
             continue
         for index, (seq, outbound) in enumerate(batch):
+            if index and not connection.serves(carrier):  # the newer request waits for this
+                connection.requeue(batch[index:])
+                return
             try:
                 write(encode(seq, outbound))
             except BaseException:  # broken, timed out, or killed
