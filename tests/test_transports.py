@@ -484,3 +484,27 @@ def test_a_superseded_stream_stops_between_two_messages_and_puts_the_rest_back()
     pump(client, None, write, lambda seq, o: o.data, b"X", None)
     assert written == [b"one"]
     assert [o.text for _, o in client.mailbox.take(0)] == ["two", "three"]
+
+
+def test_a_poll_behind_a_batch_still_going_out_is_held_and_notices_its_client_leave(chat):
+    # An earlier request of the client is still writing a batch: the new poll
+    # waits for it as a held poll does, watching its connection meanwhile.
+    server, atmosphere, base = chat()
+    client = PollClient(base, "/quiet")
+    connection = atmosphere.registry.get(client.uuid)
+
+    def earlier_batch_going_out():
+        atmosphere.broadcast("/quiet", "m0")
+        atmosphere.broadcaster.flush()
+        batch = connection.mailbox.take(0)
+        atmosphere.broadcast("/quiet", "m1")
+        atmosphere.broadcaster.flush()
+        return batch
+    batch = server.call(earlier_batch_going_out)
+    held = client.http.get(client.url, params=client.query(), stream=True, timeout=TIMEOUT)
+    carrier = server.call(lambda: connection.carrier)
+    held.close()
+    client.http.close()
+    server.wait_until(lambda: carrier.lost)
+    server.call(connection.requeue, batch)  # the earlier write failed
+    assert client.poll() == ["m0", "m1"]

@@ -119,7 +119,7 @@ class Poll:
         headers.append(("Date", http_date()))
         try:
             write = None  # until the headers are out
-            if len(mailbox) or mailbox.closed:  # taken without waiting
+            if mailbox.closed or len(mailbox) and not mailbox.in_flight:  # taken without waiting
                 batch = mailbox.take(None, limit) if connection.serves(carrier) else None
             else:
                 if not answered:
@@ -129,8 +129,10 @@ class Poll:
                     write = timed_writer(environ, final_writer(environ, write), write_timeout)
                 stop_watching = watch_eof(environ, lambda: connection.lost(carrier))
                 try:
-                    # Nothing is taken while waiting, nor by a poll another
-                    # took over: the newer poll finds it all, in order.
+                    # Nothing is taken while waiting (for a message, or for
+                    # a batch an earlier request is still writing), nor by a
+                    # poll another took over: the newer poll finds it all,
+                    # in order.
                     mailbox.wait(connection.heartbeat_interval())
                     if limit is None and len(mailbox) and connection.serves(carrier):
                         self._settle()
