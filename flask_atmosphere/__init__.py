@@ -5,8 +5,10 @@ per-connection object, and ``flask_atmosphere.events`` for what it receives.
 """
 from .admission import Refused
 from .client import AtmosphereClient, ConnectRequest
+from .client import ReadOnlySession
+from .config import ConfigError
 from .events import (ClientDisconnected, Connected, Disconnected, Error, JsonMessage,
-                     ServerDisconnected, TextMessage)
+                     MessagesLost, ServerDisconnected, TextMessage)
 from .extension import Atmosphere
 from .filters import ClientFilter, Everyone, OnlySelf, Predicate, SkipSelf
 from .wire import JsonWireFormat, TextWireFormat, WireFormat
@@ -14,7 +16,7 @@ from .wire import JsonWireFormat, TextWireFormat, WireFormat
 __all__ = [
     "Atmosphere", "AtmosphereClient", "ConnectRequest", "Refused",
     "Connected", "Disconnected", "ClientDisconnected", "ServerDisconnected", "Error",
-    "TextMessage", "JsonMessage",
+    "TextMessage", "JsonMessage", "MessagesLost", "ReadOnlySession", "ConfigError",
     "ClientFilter", "Everyone", "SkipSelf", "OnlySelf", "Predicate",
     "WireFormat", "JsonWireFormat", "TextWireFormat",
 ]

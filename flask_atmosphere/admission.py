@@ -1,158 +1,181 @@
-"""Who may connect: origins, CORS, the connection limit and the app's own
-``before_connect`` hooks, checked before any client is created.
+"""Who may connect, and who may act for a client: the origin, the connection
+limit, the app's ``before_connect`` hooks, and the resume key that binds a
+client to the browser that opened it.
 
-``origin_allowed`` is pure; ``refusal`` reads the current Flask request.
+Every function answers with a decision (a :class:`~.decisions.Refusal`, or
+``None`` to go on); the endpoint turns decisions into responses. They read
+the current Flask request.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+import hmac
+import logging
+import secrets
+from typing import TYPE_CHECKING, Mapping
 
-from flask import Response, request
+from flask import request
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import dump_cookie
+
+from .decisions import Refusal
+from .origins import PREFLIGHT_HEADERS, cors_headers_for, origin_allowed, page_origin
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
     from .extension import Atmosphere
 
-__all__ = ["origin_allowed", "own_origin", "refusal", "cors_headers", "cors_headers_for",
-           "preflight", "Refused"]
+__all__ = ["Refused", "origin_refusal", "app_refusal", "cors_headers", "preflight", "own_origin",
+           "origin_allowed", "resume_key", "key_from_cookies", "new_resume_key", "resume_cookie", "binding_matches"]
 
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-_WEB_SCHEME = {"ws": "http", "wss": "https"}
+log = logging.getLogger("flask_atmosphere")
+
+#: Distinct refused origins logged at WARNING before the rest go to INFO
+#: (a page hammering the server must not flood the log).
+_WARN_ORIGINS = 100
+_warned_origins: set[str] = set()
 
 
 class Refused(Exception):
-    """Raised by a ``before_connect`` hook to refuse a connection.
+    """Raised by a ``before_connect`` hook to refuse a connection (or a
+    client's return) with an HTTP status; on a WebSocket that a server
+    upgraded before asking, the socket is closed with 1008 (1013 for 503).
+    A hook may also ``flask.abort(status)``.
 
     Args:
-        status: the HTTP status (e.g. 401, 403).
+        status: the HTTP status (e.g. 401, 403, 429).
         reason: a one-line reason, sent in the body and ``X-Atmosphere-error``.
+        retry_after: seconds before the client should try again
+            (``Retry-After``), for a 429 or 503; the bundled client honours it.
     """
 
-    def __init__(self, status: int = 403, reason: str = "Forbidden"):
+    def __init__(self, status: int = 403, reason: str = "Forbidden",
+                 retry_after: int | None = None):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-def _parse(origin: str) -> tuple[str, str, int] | None:
-    """``(scheme, host, port)`` of an origin like ``https://a.example:8443``."""
-    try:
-        parts = urlsplit(origin.strip().lower())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = _WEB_SCHEME.get(parts.scheme, parts.scheme)
-    if scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return scheme, parts.hostname, port or _DEFAULT_PORTS[scheme]
-
-
-def _host_matches(pattern: str, host: str) -> bool:
-    """``*`` stands for one or more whole leading labels: ``*.example.com``
-    matches ``a.example.com`` and ``a.b.example.com``, never ``example.com``
-    or ``badexample.com``."""
-    if pattern.startswith("*."):
-        suffix = pattern[1:]  # ".example.com"
-        return host.endswith(suffix) and len(host) > len(suffix)
-    return pattern == host
-
-
-def origin_allowed(origin: str | None, allowed: tuple[str, ...] | None, own_origin: str) -> bool:
-    """Whether a request with the ``Origin`` header ``origin`` may connect.
-
-    Args:
-        origin: the ``Origin`` header, or ``None`` when absent (a client that
-            is not a browser page: nothing to check).
-        allowed: ``ATMOSPHERE_ALLOWED_ORIGINS``: origins such as
-            ``"https://example.com:8443"`` or ``"https://*.example.com"``, or
-            ``"*"`` for any; ``None`` for the same origin only.
-        own_origin: the server's own origin as the request addressed it
-            (``"http://localhost:8080"``).
-
-    Scheme, host and port must match exactly (default ports filled in).
-    """
-    if origin is None:
-        return True
-    seen = _parse(origin)
-    if seen is None:
-        return False
-    candidates = (own_origin,) if allowed is None else allowed
-    for candidate in candidates:
-        if candidate == "*":
-            return True
-        wanted = _parse(candidate)
-        if wanted is not None and seen[0] == wanted[0] and seen[2] == wanted[2] \
-                and _host_matches(wanted[1], seen[1]):
-            return True
-    return False
+        self.retry_after = retry_after
 
 
 def own_origin() -> str:
-    """The origin the current request addressed (``http://host:port``)."""
-    scheme = _WEB_SCHEME.get(request.scheme, request.scheme)
+    """The origin the current request addressed (``http://host:port``), as
+    the app sees it: behind a proxy, after ``ProxyFix`` or the like."""
+    scheme = {"ws": "http", "wss": "https"}.get(request.scheme, request.scheme)
     return f"{scheme}://{request.host}"
 
 
-def refusal(atmosphere: "Atmosphere") -> Response | None:
-    """Why the current request may not open a new client, as the answer
-    to send, or ``None`` if it may: 503 while shutting down or past
-    ``ATMOSPHERE_MAX_CONNECTIONS``, or what a ``before_connect`` hook refused
-    with. (The origin is checked on every request, before this.)"""
-    from .transports.http import error_response
-    settings = atmosphere.settings()
-    if atmosphere.closing:
-        return error_response(503, "the server is shutting down")
-    limit = settings.max_connections
-    if limit is not None and len(atmosphere.registry) >= limit:
-        return error_response(503, "too many connections")
+def origin_refusal(settings: "Settings", page: bool = False) -> Refusal | None:
+    """The 403 for a request from a page that may not connect
+    (``ATMOSPHERE_ALLOWED_ORIGINS``), or ``None``.
+
+    Args:
+        settings: the app's settings.
+        page: the request must prove the page it comes from (a JSONP
+            ``<script>``, which sends no ``Origin``): see
+            ``origins.page_origin``. Other requests without ``Origin`` do not
+            come from a page and are not checked.
+    """
+    own = own_origin()
+    origin = request.headers.get("Origin")
+    if page:
+        origin = page_origin(origin, request.headers.get("Sec-Fetch-Site"),
+                             request.headers.get("Referer"), own)
+        if origin is None:
+            _log_origin(None, own)
+            return Refusal(403, "JSONP needs the page's origin (Sec-Fetch-Site or Referer)")
+    if origin_allowed(origin, settings.allowed_origins, own):
+        return None
+    _log_origin(origin, own)
+    return Refusal(403, "origin not allowed")
+
+
+def _log_origin(origin: str | None, own: str) -> None:
+    seen = origin or "(none proven)"
+    level = logging.INFO
+    if seen not in _warned_origins and len(_warned_origins) < _WARN_ORIGINS:
+        _warned_origins.add(seen)
+        level = logging.WARNING
+    log.log(level, "refused %s %s from origin %s: the page must come from %s, or from an "
+            "origin listed in ATMOSPHERE_ALLOWED_ORIGINS", request.method, request.path, seen,
+            own)
+
+
+def app_refusal(atmosphere: "Atmosphere", settings: "Settings", new: bool) -> Refusal | None:
+    """Why the current request may not open a client (``new``) or act for
+    a live one, or ``None`` if it may: 503 while shutting down or past
+    ``ATMOSPHERE_MAX_CONNECTIONS`` (new clients only), else what a
+    ``before_connect`` hook refuses with (``Refused``, or an ``HTTPException``
+    such as ``abort(403)``), on every transport and on every return."""
+    if new:
+        if atmosphere.closing:
+            return Refusal(503, "the server is shutting down", retry_after=2)
+        limit = settings.max_connections
+        if limit is not None and len(atmosphere.registry) >= limit:
+            return Refusal(503, "too many connections", retry_after=10)
     for hook in atmosphere.before_connect_hooks:
         try:
             hook()
         except Refused as refused:
-            return error_response(refused.status, refused.reason)
+            return Refusal(refused.status, refused.reason, retry_after=refused.retry_after)
+        except HTTPException as exc:
+            status = exc.code or (exc.response.status_code if exc.response is not None else 403)
+            headers = tuple((name, value) for name, value in exc.get_headers()
+                            if name.lower() in ("www-authenticate", "retry-after"))
+            return Refusal(status, exc.description or exc.name, headers=headers)
     return None
 
 
-def cors_headers(atmosphere: "Atmosphere") -> dict[str, str]:
-    """CORS response headers for the current request (§4, the Java
-    server's CorsInterceptor): the request's own origin, echoed only when it
-    is allowed and foreign; nothing otherwise."""
-    return cors_headers_for(request.headers.get("Origin"), atmosphere.settings().allowed_origins,
-                            own_origin())
+def cors_headers(settings: "Settings") -> dict[str, str]:
+    """CORS response headers for the current request (§4): its origin,
+    echoed only when it is allowed and foreign; nothing otherwise."""
+    return cors_headers_for(request.headers.get("Origin"), settings.allowed_origins, own_origin())
 
 
-def cors_headers_for(origin: str | None, allowed: tuple[str, ...] | None,
-                     own: str) -> dict[str, str]:
-    """The CORS response headers (§4) for a request with the ``Origin``
-    header ``origin`` (``None`` when absent), under
-    ``ATMOSPHERE_ALLOWED_ORIGINS`` ``allowed``, addressed to the server's
-    own origin ``own`` (see :func:`origin_allowed`): an empty dict for a
-    request without ``Origin``, from the same origin, or from a refused one."""
-    if origin is None or origin == own:
-        return {}
-    if not origin_allowed(origin, allowed, own):
-        return {}
-    headers = {"Access-Control-Allow-Origin": origin,
-               "Access-Control-Expose-Headers": "X-Atmosphere-tracking-id, X-Heartbeat-Server",
-               "Vary": "Origin"}
-    if allowed is not None:
-        headers["Access-Control-Allow-Credentials"] = "true"
+def preflight(settings: "Settings") -> dict[str, str] | Refusal:
+    """The headers of the 204 answering a CORS preflight ``OPTIONS`` (§4)
+    from an allowed origin, or the refusal (403) of another."""
+    headers = cors_headers(settings)
+    if not headers and request.headers.get("Origin") not in (None, own_origin()):
+        return Refusal(403, "origin not allowed")
+    headers.update(PREFLIGHT_HEADERS)
     return headers
 
 
-def preflight(atmosphere: "Atmosphere") -> Response:
-    """The answer to a CORS preflight ``OPTIONS`` (§4): 204 with the
-    methods and headers the clients use, for an allowed origin; 403 else."""
-    headers = cors_headers(atmosphere)
-    if not headers and request.headers.get("Origin") not in (None, own_origin()):
-        from .transports.http import error_response
-        return error_response(403, "origin not allowed")
-    headers.update({
-        "Access-Control-Allow-Methods": "OPTIONS, GET, POST",
-        "Access-Control-Allow-Headers": (
-            "Origin, Content-Type, AuthToken, X-Atmosphere-Framework, X-Requested-With, "
-            "X-Atmosphere-tracking-id, X-Heartbeat-Server, X-Atmosphere-Transport, "
-            "X-Atmosphere-TrackMessageSize, X-atmo-protocol"),
-        "Access-Control-Max-Age": "600",
-    })
-    return Response(status=204, headers=headers)
+# -- the resume key ------------------------------------------------------------
+
+def key_from_cookies(cookies: Mapping[str, str], name: str | None) -> str | None:
+    """The resume key among a request's ``cookies`` under the cookie
+    ``name`` (``ATMOSPHERE_RESUME_COOKIE``), or ``None``."""
+    if name is None:
+        return None
+    key = cookies.get(name)
+    return key if key and len(key) <= 64 else None
+
+
+def resume_key(settings: "Settings") -> str | None:
+    """The resume key the current request brings, or ``None``."""
+    return key_from_cookies(request.cookies, settings.resume_cookie)
+
+
+def new_resume_key() -> str:
+    """A fresh resume key: 128 random bits, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+def resume_cookie(settings: "Settings", key: str) -> str:
+    """The ``Set-Cookie`` value that gives the browser ``key``: HttpOnly,
+    for the whole app, ``SameSite=Lax`` (``None`` with ``Secure`` for a
+    foreign page over https, so that it travels with credentials)."""
+    assert settings.resume_cookie is not None
+    secure = request.scheme in ("https", "wss")
+    foreign = request.headers.get("Origin") not in (None, own_origin())
+    return dump_cookie(settings.resume_cookie, key, path=request.script_root or "/",
+                       httponly=True, secure=secure,
+                       samesite="None" if foreign and secure else "Lax")
+
+
+def binding_matches(binding: str | None, key: str | None) -> bool:
+    """Whether a request bringing ``key`` may act for a client bound to
+    ``binding`` (``None``: bound to nothing, anyone with its tracking id may)."""
+    if binding is None:
+        return True
+    return key is not None and hmac.compare_digest(binding, key)

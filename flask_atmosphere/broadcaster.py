@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable
 
+import gevent
 from gevent.monkey import get_original
 
 from .filters import ClientFilter, Everyone, SkipSelf
-from .mailbox import Outbound
+from .mailbox import CloseRequest, MailboxFull, Outbound
 from .registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backplane import Backplane
+    from .connection import Connection
 
 __all__ = ["Broadcast", "Broadcaster", "fan_out"]
 
@@ -77,6 +80,9 @@ class Broadcaster:
         self._pending: list = []   # Broadcast, or (fn, args), in order
         self._flushing = False
         self._scheduled = False
+        #: Clients whose mailbox is past half its bound, with the time by
+        #: which it must be below it again (see :meth:`relieve`).
+        self._pressed: dict["Connection", float] = {}
         backplane.start(self.deliver)
 
     def attach(self, hub, replace: bool = False) -> None:
@@ -107,12 +113,63 @@ class Broadcaster:
         else:
             fn(*args)
 
+    def on_hub_thread(self) -> bool:
+        """Whether the caller runs on the thread of the hub that owns the
+        connections (or no hub is adopted yet)."""
+        return self._loop is None or self._thread_id == _native_thread_id()
+
     def publish(self, broadcast: Broadcast) -> None:
-        """Send ``broadcast`` through the backplane, from any thread."""
+        """Send ``broadcast`` through the backplane, from any thread; a
+        greenlet of the hub's thread may be held back by :meth:`relieve`."""
         if self._loop is not None and self._thread_id != _native_thread_id():
             self._loop.run_callback_threadsafe(self.backplane.publish, broadcast)
-        else:
-            self.backplane.publish(broadcast)
+            return
+        self.backplane.publish(broadcast)
+        if self._pressed or len(self._pending) >= MAX_COALESCED:
+            self.relieve()
+
+    @property
+    def pressing(self) -> bool:
+        """Some client's mailbox is past half its bound."""
+        return bool(self._pressed)
+
+    def pressed(self, connection: "Connection") -> None:
+        """``connection``'s mailbox is past half its bound (hub thread): the
+        next publisher that can wait does, until it drains."""
+        if connection not in self._pressed:
+            self._pressed[connection] = monotonic() + connection.settings.write_timeout
+
+    def relieve(self) -> None:
+        """Cooperative back-pressure, for a greenlet of the hub's thread that
+        publishes (``broadcast``, ``send``): fan out what is pending now,
+        then wait while a client's mailbox is past half its bound, until its
+        writer drained it, so that a publisher that never yields cannot fill
+        the mailboxes of clients that are reading. A client that stays past
+        half its bound for ``ATMOSPHERE_WRITE_TIMEOUT`` is a slow consumer:
+        it is cut (close 1008), and the publisher goes on. The hub itself,
+        and other threads, never wait here."""
+        if not self.on_hub_thread() or gevent.getcurrent() is gevent.get_hub():
+            return
+        if self._pending and not self._flushing:
+            self.flush()
+        pressed = self._pressed
+        while pressed:
+            connection, deadline = next(iter(pressed.items()))
+            mailbox = connection.mailbox
+            left = deadline - monotonic()
+            if left > 0 and not mailbox.wait_drained(left):
+                continue  # the time is up: cut below
+            if not mailbox.pressed or mailbox.closed:
+                pressed.pop(connection, None)
+                continue
+            pressed.pop(connection, None)
+            log.warning("disconnecting client %s on %s: its mailbox stayed past half its "
+                        "bound for %ss", connection.uuid, connection.path,
+                        connection.settings.write_timeout)
+            connection.atmosphere.counters.add("slow_consumers")
+            connection.close_now(CloseRequest(1008, "slow consumer", drain=False, error=MailboxFull(
+                f"{len(mailbox)} messages, {mailbox.queued_bytes} bytes queued for "
+                f"{connection.settings.write_timeout}s")))
 
     def deliver(self, broadcast: Broadcast) -> None:
         """Fan ``broadcast`` out to the matching local clients, on the hub
@@ -152,7 +209,7 @@ class Broadcaster:
                 i += 1
                 try:
                     fn(*args)
-                except Exception:
+                except BaseException:  # noqa: B036 -- nothing may stop the fan-out
                     log.exception("%r failed", fn)
                 continue
             j, end = i + 1, min(n, i + MAX_COALESCED)
@@ -163,7 +220,7 @@ class Broadcaster:
                 j += 1
             try:
                 fan_out(self.registry, pending[i:j])
-            except Exception:
+            except BaseException:  # noqa: B036 -- nothing may stop the fan-out
                 log.exception("broadcast to %s failed", item.path)
             i = j
 
@@ -217,7 +274,14 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
                     data = framed[key] = framing.encode(
                         [outbounds[k] for k in allowed if outbounds[k] is not None])
                 last_framing, last_wire_format, last_allowed = framing, wire_format, allowed
-            if not data or direct.write_now(data):
+            if not data:
+                continue
+            if direct.write_now(data):
+                if connection.keeps:  # it can say later how far it got
+                    sent_now = connection.mailbox.sent_now
+                    for k in allowed:
+                        if outbounds[k] is not None:
+                            sent_now(outbounds[k])
                 continue
         for k in allowed:
             if outbounds[k] is not None:
@@ -236,7 +300,7 @@ def _allowed(batch: list[Broadcast], connection) -> tuple:
         try:
             if broadcast.to.allows(connection.client, broadcast.sender):
                 allowed.append(k)
-        except Exception:
+        except BaseException:  # noqa: B036 -- app code on the hub: nothing may escape
             log.exception("client filter %r failed for client %s; skipped",
                           broadcast.to, connection.uuid)
     return tuple(allowed)
@@ -248,7 +312,7 @@ def _render(batch: list[Broadcast], wire_format) -> list:
     for broadcast in batch:
         try:
             outbounds.append(Outbound(wire_format.render(broadcast.message)))
-        except Exception as exc:
+        except BaseException as exc:  # noqa: B036 -- app code on the hub
             log.error("cannot render a broadcast to %s with %r: %s",
                       broadcast.path, wire_format, exc)
             outbounds.append(None)

@@ -1,16 +1,17 @@
 """``AtmosphereClient``: the app's object for one connection."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .filters import SkipSelf
+from .transports.wsframes import sendable_close_code
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
 
-__all__ = ["AtmosphereClient", "ConnectRequest"]
+__all__ = ["AtmosphereClient", "ConnectRequest", "ReadOnlySession"]
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,14 @@ class ConnectRequest:
     """The HTTP request that opened a connection, as it was at connect time.
 
     Attributes:
-        path: the request path, which is the client's broadcaster (``/rooms/blue``).
+        path: the request path, which is the client's broadcaster
+            (``/rooms/blue``), percent-decoded.
         view_args: the route variables (``{"room": "blue"}``).
         args: the query parameters, without the Atmosphere protocol's own
             (``X-Atmosphere-*``, ``X-atmo-protocol``, ``_``, …).
-        headers: the request headers.
-        remote_addr: the peer's address, as Flask's ``request.remote_addr``.
+        headers: the request headers (read-only).
+        remote_addr: the peer's address, as Flask's ``request.remote_addr``
+            (behind ``ProxyFix``, the client's).
         transport: the transport in use (``"websocket"``, …).
     """
     path: str
@@ -34,6 +37,45 @@ class ConnectRequest:
     transport: str = "websocket"
 
 
+class ReadOnlySession(Mapping[str, Any]):
+    """A copy of the Flask session as it was when the client connected: what
+    ``self.session`` and ``flask.session`` are inside ``receive``, on every
+    transport. Changing it raises ``TypeError``: no response carries a
+    session cookie back from there (on a WebSocket, none ever could).
+
+    Args:
+        data: the session's items.
+        permanent: whether the session was permanent.
+    """
+    __slots__ = ("_data", "permanent")
+    new = False
+    modified = False
+    accessed = False
+
+    def __init__(self, data: Mapping[str, Any], permanent: bool = False):
+        self._data = dict(data)
+        self.permanent = permanent
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"ReadOnlySession({self._data!r})"
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("the session is read-only inside receive (it is the session of the "
+                        "request that opened the connection); change it in an ordinary view")
+
+    __setitem__ = __delitem__ = _read_only  # type: ignore[assignment]
+    pop = popitem = clear = update = setdefault = _read_only  # type: ignore[assignment]
+
+
 class AtmosphereClient:
     """One instance per connection; subclass it and bind it to a route with
     ``@atmosphere.route(rule)``.
@@ -41,7 +83,11 @@ class AtmosphereClient:
     Attributes, set before ``Connected`` is delivered:
         uuid (str): the connection's unique id (the Atmosphere tracking id).
         request (ConnectRequest): the request that opened the connection.
-        session (Mapping): a read-only copy of the Flask session at connect time.
+        session (ReadOnlySession): the Flask session at connect time.
+
+    Inside ``receive``, ``flask.request`` is that opening request too (its
+    body aside), ``flask.session`` is ``self.session``, and ``url_for``
+    builds URLs as it did there, whatever the transport and the event.
     """
 
     uuid: str
@@ -49,11 +95,12 @@ class AtmosphereClient:
     session: Mapping[str, Any]
     _connection: "Connection"
 
-    def receive(self, event) -> None:
+    def receive(self, event: Any) -> None:
         """Called with each event (``Connected``, ``TextMessage``, ``JsonMessage``,
-        ``Error``, ``Disconnected``), one at a time and in order, inside the
-        app context. An exception raised here becomes an ``Error`` event and a
-        call of the app's error handlers; the connection stays up."""
+        ``MessagesLost``, ``Error``, ``Disconnected``), one at a time and in
+        order. An exception raised here becomes an ``Error`` event and a
+        call of the app's error handlers; the connection stays up (any other
+        ``BaseException`` closes it cleanly, with 1011)."""
 
     def send(self, message: Any) -> None:
         """Send ``message`` to this client only. A ``str`` goes out as text;
@@ -77,16 +124,23 @@ class AtmosphereClient:
         delivered. A WebSocket closes with exactly ``code`` and ``reason``
         (RFC 6455 §7.4). ``Disconnected(ServerDisconnected())`` follows.
 
+        The client stays closed: a request that brings its tracking id
+        within ``ATMOSPHERE_GRACE_PERIOD`` is refused (HTTP 410 with
+        ``reason``; a WebSocket server that upgrades before asking closes
+        with ``code``). Called while ``Connected`` runs, it refuses the
+        client: nothing queued for it is delivered, and its request gets
+        only the refusal.
+
         Raises:
             ValueError: ``code`` may not be sent (RFC 6455 §7.4.1: 1000-1003,
                 1007-1014 and 3000-4999 may; 1005, 1006 and 1015 never), or
                 ``reason`` is longer than 123 bytes of UTF-8.
         """
-        if not (code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        if not sendable_close_code(code):
             raise ValueError(f"close code {code} may not be sent (RFC 6455 section 7.4)")
         if len(reason.encode("utf-8")) > 123:
             raise ValueError("a close reason is at most 123 bytes of UTF-8")
-        self._connection.close(code, reason)
+        self._connection.close(code, reason, final=True)
 
     @property
     def path(self) -> str:
@@ -96,7 +150,3 @@ class AtmosphereClient:
     def __repr__(self) -> str:
         uuid = getattr(self, "uuid", "?")
         return f"<{type(self).__name__} {uuid}>"
-
-
-def _frozen(mapping: Mapping) -> Mapping:
-    return MappingProxyType(dict(mapping))

@@ -9,8 +9,9 @@ the connection stays registered and its mailbox keeps filling; if no request
 comes back within the grace period, the client is gone.
 
 This module owns the rules: ``Connected`` after registration and only once,
-one event at a time and in order, ``Disconnected`` exactly once and last,
-errors in ``receive`` contained.
+nothing written to the client before ``Connected`` returns, one event at a
+time and in order, ``Disconnected`` exactly once and last, errors in
+``receive`` contained, whatever they are.
 """
 from __future__ import annotations
 
@@ -20,18 +21,22 @@ from typing import TYPE_CHECKING, Any, Callable
 import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
+from greenlet import GreenletExit
 
 from .broadcaster import Broadcast
-from .events import ClientDisconnected, Connected, Disconnected, Error, ServerDisconnected
+from .decisions import Refusal
+from .events import (ClientDisconnected, Connected, Disconnected, Error, MessagesLost,
+                     ServerDisconnected)
 from .filters import as_filter
 from .mailbox import CloseRequest, Mailbox, Outbound
 from .protocol import (AtmosphereParams, frame, handshake, heartbeat_interval, is_heartbeat,
-                       valid_tracking_id)
+                       padding, valid_tracking_id)
 
 if TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
     from .client import AtmosphereClient, ConnectRequest
+    from .config import Settings
     from .extension import Atmosphere, Route
 
 __all__ = ["Connection", "Carrier"]
@@ -85,48 +90,63 @@ class Connection:
 
     Args:
         atmosphere: the extension.
-        app: the Flask app that serves it (``receive`` runs in its app context).
+        app: the Flask app that serves it (``receive`` runs in its context).
+        settings: the app's settings.
         route: the atmosphere route it was opened on.
         uuid: the client's uuid (its tracking id).
         params: the Atmosphere parameters of the opening request.
-        request: the opening request, as the client sees it.
-        session: the Flask session at connect time.
+        request: the opening request, as the client object sees it.
+        session: the Flask session at connect time (a read-only mapping).
+        environ: the opening request's WSGI environ without its body or
+            server objects: ``receive`` runs in a request context made from it.
+        binding: the resume key the client is bound to, or ``None``.
     """
-    __slots__ = ("atmosphere", "app", "uuid", "path", "params", "wire_format", "grace_period",
-                 "mailbox", "carrier", "direct", "framing", "poll_answered", "client", "_lock",
-                 "_opened", "_finished", "_grace_timer", "__weakref__")
+    __slots__ = ("atmosphere", "app", "settings", "uuid", "path", "params", "wire_format",
+                 "mailbox", "keeps", "carrier", "direct", "framing", "poll_answered", "client",
+                 "environ", "session", "binding", "_lost_reported", "_lock", "_opened", "_opening", "_kicked",
+                 "_finished", "_grace_timer", "__weakref__")
 
-    def __init__(self, atmosphere: "Atmosphere", app: "Flask", route: "Route", uuid: str,
-                 params: AtmosphereParams, request: "ConnectRequest", session: Any):
-        from .client import _frozen
-        settings = atmosphere.settings(app)
+    def __init__(self, atmosphere: "Atmosphere", app: "Flask", settings: "Settings",
+                 route: "Route", uuid: str, params: AtmosphereParams, request: "ConnectRequest",
+                 session: Any, environ: dict[str, Any], binding: str | None):
         self.atmosphere = atmosphere
         self.app = app
+        self.settings = settings
         self.uuid = uuid
         self.path = request.path
         self.params = params
         self.wire_format = route.wire_format
-        self.grace_period = settings.grace_period
         self.mailbox = Mailbox(settings.mailbox_max_messages, settings.mailbox_max_bytes,
-                               settings.mailbox_overflow)
+                               settings.mailbox_overflow, settings.history_max_messages,
+                               settings.history_max_bytes)
+        #: The mailbox keeps what is sent (read for every direct write).
+        self.keeps = False
         self.carrier: Carrier | None = None
         #: The serving carrier's ``direct`` and ``framing`` while it can take
         #: writes from the hub (read by the broadcaster for every broadcast).
         self.direct: Any = None
         self.framing: Any = None
+        self.environ = environ
+        self.session = session
+        self.binding = binding
+        self._lost_reported = 0  # drops by the drop-oldest policy told to the app
         self._lock = Semaphore()
         self._opened = False     # Connected was delivered
+        self._opening = False    # Connected is being delivered
+        self._kicked: CloseRequest | None = None  # closed while Connected ran
         self._finished = False   # Disconnected is decided (delivered or on its way)
-        self._grace_timer = None
+        self._grace_timer: Any = None
         #: Long-polling: the client's last poll was answered, so its open
         #: fired already and its next poll need not send headers early.
         self.poll_answered = False
         client: "AtmosphereClient" = route.client_class()
         client.uuid = uuid
         client.request = request
-        client.session = _frozen(session)
+        client.session = session
         client._connection = self
         self.client = client
+        if params.acks:
+            self.keep_history()
 
     def __repr__(self) -> str:
         return f"<Connection {self.uuid} {self.path}>"
@@ -149,22 +169,66 @@ class Connection:
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def padding(self) -> str:
+        """The heartbeat padding of this client (see ``protocol.padding``)."""
+        return padding(self.params)
+
     def handshake(self) -> str:
         """This client's protocol handshake (§2.2), framed like its writes."""
-        client_heartbeat = self.atmosphere.settings(self.app).client_heartbeat_interval
-        return frame(handshake(self.uuid, int(client_heartbeat * 1000)), self.track)
+        client_heartbeat_ms = int(self.settings.client_heartbeat_interval * 1000)
+        return frame(handshake(self.uuid, client_heartbeat_ms, self.padding), self.track)
 
     def heartbeat_interval(self) -> float | None:
         """Seconds between server heartbeats for this client, or ``None``."""
-        return heartbeat_interval(self.atmosphere.settings(self.app).heartbeat_interval,
-                                  self.params.heartbeat_server)
+        return heartbeat_interval(self.settings.heartbeat_interval, self.params.heartbeat_server)
+
+    def keep_history(self) -> None:
+        """From now on, keep what is sent to the client: it can say how far
+        it got (an acknowledging client, an EventSource)."""
+        self.mailbox.keep = self.keeps = True
+
+    def resume(self, params: AtmosphereParams, offset: int | None) -> None:
+        """A request of the client came back with ``params``: they are the
+        client's from now on (a reconnect may bring another transport). If
+        it says how far the client got (``offset``), what was sent after it
+        is queued again, and what is gone for good is told to the app."""
+        self.params = params
+        if params.acks:
+            self.keep_history()
+        if offset is not None and self.keeps:
+            lost = self.mailbox.resume(offset)
+            if lost:
+                self.messages_lost(lost, "history")
+
+    def messages_lost(self, count: int, reason: str, logged: bool = True) -> None:
+        """``count`` messages meant for the client are gone for good: log it
+        (if ``logged``), count it, and tell the client object (``MessagesLost``)."""
+        if logged:
+            log.warning("client %s on %s lost %d messages (%s)", self.uuid, self.path, count,
+                        reason)
+        self.atmosphere.counters.add("messages_lost", count)
+        gevent.spawn(self.dispatch, MessagesLost(count, self.path, reason))
+
+    def _report_drops(self) -> None:
+        """Tell the app what the drop-oldest policy dropped in the last burst;
+        log it at 1, 10, 100, … drops in all (a slow client must not flood
+        the log)."""
+        dropped = self.mailbox.dropped
+        count, self._lost_reported = dropped - self._lost_reported, dropped
+        if count:
+            power = 10 ** (len(str(dropped)) - 1)  # the largest power of ten <= dropped
+            self.messages_lost(count, "overflow", logged=power > dropped - count)
 
     # -- outbound, from any greenlet or thread --------------------------------
 
     def send(self, message: Any) -> None:
         """Queue ``message`` for this client (see ``AtmosphereClient.send``)."""
         outbound = Outbound(self.wire_format.render(message))
-        self.atmosphere.broadcaster.call(self.push, outbound)
+        broadcaster = self.atmosphere.broadcaster
+        broadcaster.call(self.push, outbound)
+        if broadcaster.pressing:
+            broadcaster.relieve()
 
     def broadcast(self, message: Any, to: Any) -> None:
         """Broadcast to this client's broadcaster (see ``AtmosphereClient.broadcast``)."""
@@ -172,18 +236,35 @@ class Connection:
             Broadcast(self.path, message, as_filter(to), sender=self.uuid, exact=True))
 
     def close(self, code: int = 1000, reason: str = "", error: BaseException | None = None,
-              drain: bool = True) -> None:
-        """End the connection from the server side (from any greenlet or thread)."""
-        self.atmosphere.broadcaster.call(self.close_now, CloseRequest(code, reason, drain, error))
+              drain: bool = True, final: bool = False) -> None:
+        """End the connection from the server side (from any greenlet or
+        thread). Called while ``Connected`` runs, it is a refusal: nothing
+        is delivered, and the client gets only the close."""
+        request = CloseRequest(code, reason, drain, error, final)
+        if self._opening and self.atmosphere.broadcaster.on_hub_thread():
+            self._kicked = self._kicked or request
+            return
+        self.atmosphere.broadcaster.call(self.close_now, request)
 
     def close_now(self, request: CloseRequest) -> None:
         """``close`` on the hub thread: close the mailbox as ``request``
         says and tell the request serving the client, which says goodbye."""
+        if self._opening:  # from elsewhere while Connected runs: a refusal too
+            self._kicked = self._kicked or request
+            return
+        if request.final:
+            self.atmosphere.registry.tombstone(self.uuid, self._refusal(request),
+                                               self.settings.grace_period)
         if self.close_mailbox(request):
             if self.carrier is None:
                 gevent.spawn(self.finish)  # no request to tell: done now
             else:
                 self._wake()
+
+    @staticmethod
+    def _refusal(request: CloseRequest) -> Refusal:
+        """What the return of a client closed with ``request`` gets."""
+        return Refusal(410, request.reason or "closed by the server", close_code=request.code)
 
     def close_mailbox(self, request: CloseRequest) -> bool:
         """Close the mailbox as ``request`` says (only the first call counts:
@@ -204,10 +285,12 @@ class Connection:
         """Write ``outbound`` at once if the transport can, else queue it
         (hub thread only)."""
         direct = self.direct
-        if direct is None or not direct.write_now(self.framing.encode([outbound])):
+        if direct is not None and direct.write_now(self.framing.encode([outbound])):
+            self.mailbox.sent_now(outbound)
+        else:
             self.enqueue(outbound)
 
-    def requeue(self, batch: list) -> None:
+    def requeue(self, batch: list[tuple[int, Outbound]]) -> None:
         """Put ``batch`` (``(seq, Outbound)`` pairs taken from the mailbox but
         not written) back at its front, and wake the request that serves
         the client now (perhaps a newer one than the request that took
@@ -226,14 +309,18 @@ class Connection:
         if not mailbox.put(outbound):  # it closed itself
             self.direct = None
             log.warning("disconnecting client %s on %s: %s", self.uuid, self.path,
-                        mailbox.close_request.error)
+                        mailbox.close_request.error if mailbox.close_request else None)
+            self.atmosphere.counters.add("slow_consumers")
             if self.carrier is None:
                 gevent.spawn(self.finish)
             else:  # its writer says goodbye, unless a stalled write holds it
                 gevent.spawn_later(STUCK_WRITER_GRACE, self._cut_if_stuck, self.carrier)
-        elif mailbox.dropped != dropped and _power_of_ten(mailbox.dropped):
-            log.warning("client %s on %s is slow: %d messages dropped so far", self.uuid,
-                        self.path, mailbox.dropped)
+        elif mailbox.dropped != dropped:
+            self.atmosphere.counters.add("messages_dropped", mailbox.dropped - dropped)
+            if self._lost_reported == dropped:
+                gevent.spawn(self._report_drops)  # once per burst, after it
+        if mailbox.pressed:
+            self.atmosphere.broadcaster.pressed(self)
         self._wake()
 
     # -- requests coming and going ---------------------------------------------
@@ -249,8 +336,11 @@ class Connection:
         self.carrier = carrier
         self.direct, self.framing = carrier.direct, carrier.framing
         self.mailbox.interrupt()
-        if previous is not None and previous.wake is not None:
-            previous.wake()  # it says goodbye
+        if previous is not None:
+            if self.params.acks:
+                previous.abort()  # the client said what it has: the old request is of no use
+            elif previous.wake is not None:
+                previous.wake()  # it says goodbye
 
     def serves(self, carrier: Carrier) -> bool:
         """Whether ``carrier`` is still the request serving the client."""
@@ -265,45 +355,69 @@ class Connection:
             self.direct = None
             self.mailbox.interrupt()
 
-    def detach(self, carrier: Carrier, gone: bool = False, error: BaseException | None = None) -> None:
-        """``carrier`` has ended. The client is gone now if it said so
-        (``gone``: a close frame, a close request), if it cannot come back,
-        or if the server closed it; else it has ``grace_period`` seconds to
-        come back with its tracking id."""
+    def detach(self, carrier: Carrier | None, gone: bool = False,
+               error: BaseException | None = None) -> None:
+        """``carrier`` has ended (``None``: the client was opened without a
+        request that stays, e.g. by a long-poll's handshake). The client is
+        gone now if it said so (``gone``: a close frame, a close request),
+        if it cannot come back, or if the server closed it; else it has
+        ``ATMOSPHERE_GRACE_PERIOD`` seconds to come back with its tracking id."""
         if self.carrier is not carrier:
             return  # superseded: the newer request carries on
         self.carrier = None
         self.direct = None
         if self._finished:
             return
-        if gone or not self.resumable or self.mailbox.closed or self.grace_period <= 0:
+        grace = self.settings.grace_period
+        if gone or not self.resumable or self.mailbox.closed or grace <= 0:
             self.finish(error)
             return
         timer = self._grace_timer
         if timer is None:
-            timer = self._grace_timer = gevent.get_hub().loop.timer(self.grace_period)
+            timer = self._grace_timer = gevent.get_hub().loop.timer(grace)
         timer.start(self._grace_expired)  # one timer per connection, restarted
 
     def _grace_expired(self) -> None:
         self._grace_timer = None
         if self.carrier is None and not self._finished:
             log.info("client %s on %s did not come back within %ss", self.uuid, self.path,
-                     self.grace_period)
+                     self.settings.grace_period)
             gevent.spawn(self.finish)
 
     # -- events ---------------------------------------------------------------
 
-    def open(self) -> None:
-        """Register the client, then deliver ``Connected``."""
+    def open(self) -> Refusal | None:
+        """Register the client, then deliver ``Connected``. Nothing is
+        written to the client meanwhile (no request is attached yet): what
+        is sent or broadcast to it waits in its mailbox.
+
+        Returns:
+            ``None``, or, if ``Connected`` closed the client (a refusal),
+            what its request is answered with; the client is finished then,
+            and got nothing.
+        """
         self.atmosphere.registry.add(self)
-        self._opened = True
-        self.dispatch(Connected())
+        self.atmosphere.counters.add("connects")
+        self._opened = self._opening = True
+        try:
+            self.dispatch(Connected())
+        finally:
+            self._opening = False
+        kicked = self._kicked
+        if kicked is None:
+            return None
+        self._kicked = None
+        request = CloseRequest(kicked.code, kicked.reason, False, kicked.error, kicked.final)
+        self.close_now(request)
+        self.finish()
+        return self._refusal(request)
 
     def inbound(self, text: str) -> None:
         """Deliver one inbound message; an Atmosphere client's heartbeat (§5.2)
         is swallowed."""
-        if self.params.is_atmosphere and is_heartbeat(text):
+        if self.params.is_atmosphere and is_heartbeat(text, self.padding):
             return
+        self.atmosphere.counters.add("messages_in")
         self.dispatch(self.wire_format.parse(text))
 
     def dispatch(self, event: Any) -> None:
@@ -315,7 +429,16 @@ class Connection:
             self._receive(event)
 
     def _receive(self, event: Any) -> None:
-        with self.app.app_context():
+        """``receive(event)`` in a request context made from the opening
+        request (``flask.request``, ``flask.session`` read-only, ``url_for``).
+
+        An ``Exception`` becomes an ``Error`` event; the client stays. Any
+        other ``BaseException`` the app raises (a ``gevent.Timeout`` it
+        started, ``SystemExit``, ``KeyboardInterrupt``) is reported too, and
+        the client is closed cleanly (1011): it never takes the server or
+        the client's greenlets down. Only a ``GreenletExit`` (the greenlet
+        being killed, e.g. at shutdown) goes on, after the close is asked."""
+        with self.atmosphere.client_context(self):
             try:
                 self.client.receive(event)
             except Exception as exc:
@@ -326,6 +449,12 @@ class Connection:
                     self.client.receive(Error(exc))
                 except Exception as again:
                     self.atmosphere.report_error(self.client, again)
+            except BaseException as exc:  # noqa: B036 -- nothing may escape receive
+                self.atmosphere.report_error(self.client, exc)
+                if not isinstance(event, Disconnected):
+                    self.close(1011, "internal error", error=exc, drain=False)
+                if isinstance(exc, GreenletExit):
+                    raise
 
     def finish(self, error: BaseException | None = None) -> None:
         """Deliver ``Disconnected`` (exactly once) and unregister the client.
@@ -347,10 +476,12 @@ class Connection:
         request = self.mailbox.close_request
         if request is None:
             self.close_mailbox(CloseRequest(1000, "", drain=False, error=error))
-            by = ClientDisconnected()
+            by: ClientDisconnected | ServerDisconnected = ClientDisconnected()
+            self.atmosphere.counters.add("disconnects_client")
         else:  # what a read saw after the server closed is no news
             by = ServerDisconnected()
             error = request.error
+            self.atmosphere.counters.add("disconnects_server")
         try:
             self.dispatch(Disconnected(by, error))
         finally:
@@ -365,8 +496,3 @@ class Connection:
         if self.carrier is not None:
             self.carrier.abort()
 
-
-def _power_of_ten(n: int) -> bool:
-    while n % 10 == 0 and n > 1:
-        n //= 10
-    return n == 1

@@ -22,7 +22,7 @@ from typing import Any, Union
 
 __all__ = [
     "Event", "Connected", "Disconnected", "ClientDisconnected", "ServerDisconnected",
-    "Error", "TextMessage", "JsonMessage",
+    "Error", "TextMessage", "JsonMessage", "MessagesLost",
 ]
 
 
@@ -76,4 +76,24 @@ class JsonMessage:
     json: Any
 
 
-Event = Union[Connected, Disconnected, Error, TextMessage, JsonMessage]
+@dataclass(frozen=True)
+class MessagesLost:
+    """Messages meant for this client are gone for good, and it did not get
+    them: the connection carries on without them. Resend whatever state the
+    page needs (a chat would send the last lines again), as Centrifugo's
+    ``recovered: false`` asks its apps to.
+
+    Attributes:
+        count: how many messages were lost.
+        path: the broadcaster they were meant for (the client's own path).
+        reason: why: ``"history"`` (the client came back reporting less than
+            it was sent, and the history no longer held the rest) or
+            ``"overflow"`` (``ATMOSPHERE_MAILBOX_OVERFLOW = "drop-oldest"``
+            dropped them from a full mailbox).
+    """
+    count: int
+    path: str
+    reason: str = "history"
+
+
+Event = Union[Connected, Disconnected, Error, TextMessage, JsonMessage, MessagesLost]

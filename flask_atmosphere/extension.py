@@ -1,21 +1,27 @@
 """The Flask extension: ``Atmosphere(app)`` or ``Atmosphere()`` + ``init_app(app)``."""
 from __future__ import annotations
 
+import io
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from flask import Blueprint, Flask, current_app
+from flask.ctx import RequestContext
 
-from . import transports
+from . import endpoint, lean
 from .backplane import Backplane, MemoryBackplane
 from .broadcaster import Broadcast, Broadcaster
 from .client import AtmosphereClient
-from .config import DEFAULTS, Settings
+from .config import DEFAULTS, Settings, unknown_keys
 from .filters import Everyone, as_filter
-from .registry import Registry
+from .registry import Registry, normalize_path
+from .stats import Stats
 from .wire import JsonWireFormat, WireFormat
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connection import Connection
 
 __all__ = ["Atmosphere", "Route"]
 
@@ -55,6 +61,8 @@ class Atmosphere:
 
     def __init__(self, app: Flask | None = None, backplane: Backplane | None = None):
         self.registry = Registry()
+        #: What happened to messages and connections in this process (see :meth:`stats`).
+        self.counters = Stats()
         self.broadcaster = Broadcaster(self.registry, backplane or MemoryBackplane())
         self._routes: list[Route] = []
         self._apps: "weakref.WeakKeyDictionary[Flask, Settings]" = weakref.WeakKeyDictionary()
@@ -69,11 +77,22 @@ class Atmosphere:
     # -- set-up ---------------------------------------------------------------
 
     def init_app(self, app: Flask) -> None:
-        """Bind to ``app``: fill in the ``ATMOSPHERE_*`` defaults, add the routes
-        declared so far, and serve the bundled JavaScript client."""
+        """Bind to ``app``: read and check its ``ATMOSPHERE_*`` configuration,
+        add the routes declared so far, and serve the bundled JavaScript client.
+
+        Raises:
+            config.ConfigError: a key has a value it cannot take; the message
+                names the key and what it accepts.
+            RuntimeError: ``app`` has an ``Atmosphere`` already.
+        """
+        if "atmosphere" in app.extensions:
+            raise RuntimeError("this app has an Atmosphere already: call init_app once per app")
+        settings = Settings.from_config(app.config)
+        for key, nearest in unknown_keys(app.config):
+            log.warning("unknown configuration key %s%s", key,
+                        f" (did you mean {nearest}?)" if nearest else "")
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
-        settings = Settings.from_config(app.config)
         self._apps[app] = settings
         app.extensions["atmosphere"] = self
         for route in self._routes:
@@ -84,7 +103,7 @@ class Atmosphere:
                 "atmosphere", __name__, static_folder="static",
                 static_url_path=settings.static_url_path))
         # The polls of known long-polling clients are answered before Flask.
-        transports.fastpath.install(self, app)
+        lean.install(self, app)
 
     def settings(self, app: Flask | None = None) -> Settings:
         """The settings read from ``app``'s config at ``init_app`` (by default
@@ -136,7 +155,7 @@ class Atmosphere:
 
     def _add_rule(self, target: Flask | Blueprint, route: Route) -> None:
         def view(**_view_args):
-            return transports.serve(self, route)
+            return endpoint.serve(self, route)
         view.__name__ = route.endpoint
         view.atmosphere_route = route
         # Werkzeug matches WebSocket upgrades only against websocket rules.
@@ -167,6 +186,14 @@ class Atmosphere:
         self._error_handlers.append(handler)
         return handler
 
+    def client_context(self, connection: "Connection") -> RequestContext:
+        """The request context a client's ``receive`` runs in: the request
+        that opened the connection (without its body), with its session as
+        it was then, read-only (``client.ReadOnlySession``)."""
+        environ = dict(connection.environ)
+        environ["wsgi.input"] = io.BytesIO()
+        return RequestContext(connection.app, environ, session=connection.session)
+
     def report_error(self, client: AtmosphereClient, error: BaseException) -> None:
         """Log ``error`` from ``client`` once and call the error handlers; a
         handler that raises is logged and does not stop the others."""
@@ -174,7 +201,7 @@ class Atmosphere:
         for handler in self._error_handlers:
             try:
                 handler(client, error)
-            except Exception:
+            except BaseException:  # noqa: B036 -- app code: nothing may escape
                 log.exception("error handler %r failed", handler)
 
     # -- pushes from anywhere -------------------------------------------------
@@ -199,6 +226,12 @@ class Atmosphere:
     def broadcast_all(self, message: Any, to: Any = Everyone) -> None:
         """Push ``message`` to every client of every route (see :meth:`broadcast`)."""
         self.broadcast("/", message, to)
+
+    def stats(self) -> dict[str, int]:
+        """What happened in this process so far: ``clients`` (live now) and
+        the counters of ``stats.Stats`` (messages in, lost and dropped,
+        slow consumers cut, refusals, disconnects by who ended them)."""
+        return {"clients": len(self.registry), **self.counters.snapshot()}
 
     def clients(self, path: str = "/") -> list[AtmosphereClient]:
         """The live clients of ``path`` and below (every client by default)."""

@@ -1,4 +1,5 @@
-"""One mailbox per client: the ordered, bounded queue of its outbound messages.
+"""One mailbox per client: the ordered, bounded queue of its outbound
+messages, and the bounded history of what was sent to it.
 
 A broadcast renders a message once into an :class:`Outbound` and appends that
 same object to the mailbox of every target that cannot take it at once (an
@@ -7,6 +8,12 @@ An HTTP transport waits here for work, writes, and waits again; a WebSocket's
 writer is woken when something arrives. The mailbox outlives any single
 request: a long-poll client between two polls, or any client reconnecting
 with its tracking id, finds what was queued meanwhile.
+
+Every message a client gets has a sequence number (1, 2, 3, …): its
+*offset* in the client's stream. A client that can say how far it got (the
+bundled client's ``X-Atmosphere-Offset``, an EventSource's ``Last-Event-ID``)
+gets what a dead connection swallowed sent again from the *history*, the
+last messages sent to it, bounded in count and bytes.
 
 All of this runs on the server's gevent hub thread (the broadcaster hands
 calls from other threads over to it), so no lock is needed.
@@ -19,47 +26,61 @@ from time import monotonic
 
 from gevent.event import Event
 
-from .protocol import frame
+from .protocol import scrub_surrogates, utf16_len
 
-__all__ = ["Outbound", "CloseRequest", "Mailbox", "MailboxFull", "WRITE_BATCH"]
+__all__ = ["Outbound", "CloseRequest", "Mailbox", "MailboxFull", "WRITE_BATCH", "OVERHEAD"]
+
+#: What one queued or kept message costs besides its UTF-8 bytes, in bytes:
+#: the ``Outbound`` and its ``bytes`` object, the ``(seq, Outbound)`` pair
+#: and its slot in a deque, as CPython 3.11 lays them out (measured by
+#: ``tests/test_memory.py``). Counting it keeps the byte bounds honest for
+#: small messages, where it is most of the cost.
+OVERHEAD = 200
 
 
 class Outbound:
     """One outbound message, rendered once and shared by every mailbox it is
-    queued in. Its encodings are made on first use and kept.
+    queued in. It holds one copy of the message: its UTF-8 bytes; every
+    encoding a transport needs is made from them as it writes.
+
+    Args:
+        text: the rendered message. A lone surrogate (which no UTF-8 can
+            carry; a client's JSON may hold one, ``"\\ud83d"``) becomes U+FFFD.
 
     Attributes:
-        text: the rendered message.
-        data: ``text`` as UTF-8.
+        data: the message as UTF-8.
+        units: its length in UTF-16 code units, which the length framing
+            counts (§3.1).
     """
-    __slots__ = ("text", "data", "_encodings")
+    __slots__ = ("data", "units")
 
     def __init__(self, text: str):
-        self.text = text
-        self.data = text.encode("utf-8")
-        self._encodings: dict = {}
+        try:
+            self.data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = scrub_surrogates(text)
+            self.data = text.encode("utf-8")
+        self.units = len(self.data) if len(self.data) == len(text) else utf16_len(text)
 
     @property
     def size(self) -> int:
-        """The size of the message in bytes (UTF-8)."""
-        return len(self.data)
+        """What the message costs while queued or kept, in bytes: its UTF-8
+        plus :data:`OVERHEAD`."""
+        return len(self.data) + OVERHEAD
+
+    @property
+    def text(self) -> str:
+        """The message as text (decoded anew on each use)."""
+        return self.data.decode("utf-8")
+
+    def prefix(self, track: bool) -> bytes:
+        """What goes before :attr:`data` in one write: the length prefix
+        ``<units>|`` if ``track`` (§3.1), else nothing."""
+        return b"%d|" % self.units if track else b""
 
     def encoded(self, track: bool) -> bytes:
-        """The UTF-8 bytes of one write: length-framed (§3) if ``track``."""
-        if not track:
-            return self.data
-        framed = self._encodings.get("framed")
-        if framed is None:
-            framed = self._encodings["framed"] = frame(self.text, True).encode("utf-8")
-        return framed
-
-    def cached(self, key, make):
-        """``make(self)``, computed once per ``key`` and kept: the place for a
-        transport's own encoding (an SSE event, say) of a shared message."""
-        value = self._encodings.get(key)
-        if value is None:
-            value = self._encodings[key] = make(self)
-        return value
+        """The bytes of one write: :attr:`data`, length-framed if ``track``."""
+        return b"%d|%s" % (self.units, self.data) if track else self.data
 
 
 @dataclass(frozen=True)
@@ -71,11 +92,14 @@ class CloseRequest:
         reason: a short reason (at most 123 bytes of UTF-8 go on the wire).
         drain: deliver what is queued before closing.
         error: the exception behind it, if any (ends up in ``Disconnected.error``).
+        final: the app closed the client (``AtmosphereClient.close``): its
+            tracking id is refused until the grace period ends.
     """
     code: int = 1000
     reason: str = ""
     drain: bool = True
     error: BaseException | None = None
+    final: bool = False
 
 
 #: How many messages a streaming writer takes at a time: what it holds
@@ -89,34 +113,47 @@ class MailboxFull(Exception):
 
 class Mailbox:
     """An ordered, bounded queue of :class:`Outbound` messages, each numbered
-    with a sequence number (1, 2, 3, …) that SSE sends as its event id.
+    with its offset (1, 2, 3, …), and the history of what was taken.
 
     Args:
-        max_messages: the most messages it holds (``ATMOSPHERE_MAILBOX_MAX_MESSAGES``).
-        max_bytes: the most bytes it holds (``ATMOSPHERE_MAILBOX_MAX_BYTES``).
+        max_messages: the most messages it queues (``ATMOSPHERE_MAILBOX_MAX_MESSAGES``).
+        max_bytes: the most bytes it queues (``ATMOSPHERE_MAILBOX_MAX_BYTES``),
+            each message counted as :attr:`Outbound.size`.
+        overflow: ``"disconnect"`` or ``"drop-oldest"`` (see below).
+        history_messages: the most messages kept as sent
+            (``ATMOSPHERE_HISTORY_MAX_MESSAGES``).
+        history_bytes: the most bytes kept as sent (``ATMOSPHERE_HISTORY_MAX_BYTES``).
 
     When a ``put`` would pass either bound, the ``overflow`` policy decides:
-    ``"disconnect"`` (the default) closes the mailbox with code 1008 and a
+    ``"disconnect"`` closes the mailbox with code 1008 and a
     :class:`MailboxFull` error, so the slow consumer is disconnected rather
     than starved in silence or allowed to hold others up; ``"drop-oldest"``
     drops the oldest messages to make room and counts them in ``dropped``.
 
-    A reader that can say later where it got to (SSE, with ``Last-Event-ID``)
-    takes with ``keep=True``: the last ``max_messages`` messages taken are
-    kept as *sent*, and :meth:`resume` queues again exactly what it missed.
+    Once :attr:`keep` is set (a client that can say how far it got), what is
+    taken, or written past the queue (:meth:`sent_now`), is kept in the
+    history, and :meth:`resume` queues again what the client missed.
     """
-    __slots__ = ("_queue", "_sent", "_bytes", "_event", "max_messages", "max_bytes",
+    __slots__ = ("_queue", "_history", "_bytes", "_history_bytes", "_event", "_drained",
+                 "max_messages", "max_bytes", "history_messages", "history_bytes", "keep",
                  "close_request", "next_seq", "drop_oldest", "dropped", "in_flight")
 
-    def __init__(self, max_messages: int, max_bytes: int, overflow: str = "disconnect"):
+    def __init__(self, max_messages: int, max_bytes: int, overflow: str = "disconnect",
+                 history_messages: int = 0, history_bytes: int = 0):
         if overflow not in ("disconnect", "drop-oldest"):
             raise ValueError(f"overflow policy must be 'disconnect' or 'drop-oldest', not {overflow!r}")
-        self._queue: deque = deque()   # (seq, Outbound), not yet taken
-        self._sent: deque = deque()    # (seq, Outbound), taken by the last reader
+        self._queue: deque[tuple[int, Outbound]] = deque()     # not yet taken
+        self._history: deque[tuple[int, Outbound]] = deque()   # taken, kept
         self._bytes = 0
+        self._history_bytes = 0
         self._event = Event()
+        self._drained: Event | None = None
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self.history_messages = history_messages
+        self.history_bytes = history_bytes
+        #: Keep what is sent, for :meth:`resume`.
+        self.keep = False
         self.close_request: CloseRequest | None = None
         self.next_seq = 1
         self.drop_oldest = overflow == "drop-oldest"
@@ -137,6 +174,22 @@ class Mailbox:
         """Nothing queued, nothing being written, not closed: a message may
         go straight to the socket without overtaking another."""
         return not self._queue and not self.in_flight and self.close_request is None
+
+    @property
+    def queued_bytes(self) -> int:
+        """The bytes queued (each message counted as :attr:`Outbound.size`)."""
+        return self._bytes
+
+    @property
+    def kept_bytes(self) -> int:
+        """The bytes kept in the history (each message as :attr:`Outbound.size`)."""
+        return self._history_bytes
+
+    @property
+    def pressed(self) -> bool:
+        """Past half of either bound: a publisher that can wait should (see
+        ``Broadcaster.publish``)."""
+        return len(self._queue) * 2 > self.max_messages or self._bytes * 2 > self.max_bytes
 
     def put(self, message: Outbound) -> bool:
         """Append ``message``. Returns ``False`` (and queues nothing) if the
@@ -160,6 +213,14 @@ class Mailbox:
         self._bytes += message.size
         self._event.set()
         return True
+
+    def sent_now(self, message: Outbound) -> None:
+        """``message`` was written at once, past the queue: it takes the
+        next offset, and is kept if :attr:`keep`."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        if self.keep:
+            self._kept([(seq, message)])
 
     def wait(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds (``None``: forever, ``0``: not at
@@ -197,11 +258,10 @@ class Mailbox:
             return True
         return bool(self._queue) and not self.in_flight
 
-    def take(self, timeout: float | None, limit: int | None = None, keep: bool = False
+    def take(self, timeout: float | None, limit: int | None = None
              ) -> list[tuple[int, Outbound]] | None:
         """Wait as :meth:`wait` does, then remove what is queued, at most
-        ``limit`` messages (``None``: all); with ``keep``, remember them as
-        sent (see :meth:`resume`).
+        ``limit`` messages (``None``: all), keeping them if :attr:`keep`.
 
         Returns:
             ``(seq, message)`` pairs, oldest first; ``[]`` if the time ran out
@@ -221,13 +281,21 @@ class Mailbox:
         batch = [self._queue.popleft() for _ in range(count)]
         self._bytes -= sum(message.size for _, message in batch)
         self.in_flight = True
-        if keep:
-            self._sent.extend(batch)
-            while len(self._sent) > self.max_messages:
-                self._sent.popleft()
-        elif self._sent:
-            self._sent.clear()
+        if self.keep:
+            self._kept(batch)
+        drained = self._drained
+        if drained is not None and not self.pressed:
+            self._drained = None
+            drained.set()
         return batch
+
+    def _kept(self, batch: list[tuple[int, Outbound]]) -> None:
+        history = self._history
+        history.extend(batch)
+        self._history_bytes += sum(message.size for _, message in batch)
+        while history and (len(history) > self.history_messages
+                           or self._history_bytes > self.history_bytes):
+            self._history_bytes -= history.popleft()[1].size
 
     def written(self) -> None:
         """The batch taken last is written: the next may follow (a reader
@@ -252,19 +320,43 @@ class Mailbox:
             batch = [item for item in batch if item[0] not in queued]
             self._queue.extendleft(reversed(batch))
             self._bytes += sum(message.size for _, message in batch)
-            if self._sent:
-                sent = {seq for seq, _ in batch}
-                self._sent = deque(item for item in self._sent if item[0] not in sent)
+            if self._history:
+                back = {seq for seq, _ in batch}
+                self._history = deque(item for item in self._history if item[0] not in back)
+                self._history_bytes = sum(message.size for _, message in self._history)
         if self._queue:
             self._event.set()  # the client's current reader (a newer request) takes them
 
-    def resume(self, last_seq: int) -> None:
-        """The reader got everything up to ``last_seq`` (SSE ``Last-Event-ID``):
-        queue again, at the front, what was sent after it. A batch an earlier
-        request is still writing stays in flight: the next take waits for it."""
-        missed = [item for item in self._sent if item[0] > last_seq]
-        self._sent.clear()
+    def resume(self, offset: int) -> int:
+        """The client got every message up to ``offset`` (the bundled
+        client's ``X-Atmosphere-Offset``, SSE's ``Last-Event-ID``): forget
+        the history up to it and queue again, at the front, what was sent
+        after it. A batch an earlier request is still writing stays in
+        flight: the next take waits for it.
+
+        Returns:
+            how many messages after ``offset`` are gone for good (the history
+            no longer holds them): 0 when nothing is lost.
+        """
+        history = self._history
+        while history and history[0][0] <= offset:
+            self._history_bytes -= history.popleft()[1].size
+        first = history[0][0] if history else self._queue[0][0] if self._queue else self.next_seq
+        missed = list(history)
+        history.clear()
+        self._history_bytes = 0
         self._put_back(missed)
+        return max(0, first - 1 - offset) if offset < self.next_seq else 0
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until the mailbox is no longer
+        :attr:`pressed` (or closed); return whether it is not."""
+        if not self.pressed or self.closed:
+            return True
+        if self._drained is None:
+            self._drained = Event()
+        self._drained.wait(timeout)
+        return not self.pressed or self.closed
 
     def interrupt(self) -> None:
         """End a pending :meth:`take` early (it returns ``[]``)."""
@@ -278,4 +370,6 @@ class Mailbox:
             return False
         self.close_request = request
         self._event.set()
+        if self._drained is not None:
+            self._drained.set()
         return True

@@ -14,7 +14,7 @@ __all__ = [
     "ProtocolError", "VersionNotSupported", "AtmosphereParams", "parse_params", "TRANSPORTS",
     "DELIMITER", "HEARTBEAT_PADDING", "new_tracking_id", "valid_tracking_id", "utf16_len",
     "frame", "handshake", "handshake_due", "heartbeat_interval", "is_heartbeat",
-    "PROTOCOL_PARAMS",
+    "PROTOCOL_PARAMS", "heartbeat_text", "padding", "scrub_surrogates",
 ]
 
 #: The delimiter of handshake fields and length prefixes (Java default, §2.2).
@@ -31,7 +31,7 @@ PROTOCOL_PARAMS = frozenset({
     "x-atmosphere-tracking-id", "x-atmosphere-framework", "x-atmosphere-transport",
     "x-atmosphere-trackmessagesize", "x-heartbeat-server", "content-type", "x-atmo-protocol",
     "x-atmosphere-post-body", "x-atmosphere-session-token", "x-atmosphere-run-id",
-    "x-atmosphere-auth", "x-cache-date", "_", "jsonptransport",
+    "x-atmosphere-auth", "x-cache-date", "_", "jsonptransport", "x-atmosphere-offset",
 })
 
 # Java accepts a client-supplied tracking id matching this (§2.6).
@@ -64,6 +64,12 @@ class AtmosphereParams:
         heartbeat_server: ``X-Heartbeat-Server`` in seconds, or ``None``.
         protocol: ``X-atmo-protocol=true``: the client expects the handshake (§2).
         content_type: ``Content-Type`` as a parameter, or ``None``.
+        offset: ``X-Atmosphere-Offset``, how many messages the client got
+            from its tracking id so far (a flask-atmosphere extension that
+            the bundled client sends), or ``None``. A client that sends it
+            acknowledges what it got: its heartbeats are whitespace and its
+            handshake names no padding (see :func:`padding`), so that every
+            framed message it reads is one that it counts.
     """
     tracking_id: str = "0"
     framework: str | None = None
@@ -72,6 +78,12 @@ class AtmosphereParams:
     heartbeat_server: int | None = None
     protocol: bool = False
     content_type: str | None = None
+    offset: int | None = None
+
+    @property
+    def acks(self) -> bool:
+        """Whether the client acknowledges what it got (``X-Atmosphere-Offset``)."""
+        return self.offset is not None
 
     @property
     def is_atmosphere(self) -> bool:
@@ -146,6 +158,14 @@ def parse_params(query: Mapping[str, str], headers: Mapping[str, str] | None = N
     else:
         heartbeat_s = None
 
+    offset = found.get("x-atmosphere-offset")
+    if offset is not None:
+        if not offset.strip().isdigit() or len(offset.strip()) > 18:
+            raise ProtocolError(f"X-Atmosphere-Offset must be a whole number, not {offset[:40]!r}")
+        offset_n: int | None = int(offset.strip())
+    else:
+        offset_n = None
+
     tracking_id = (found.get("x-atmosphere-tracking-id") or "0").strip() or "0"
     params = AtmosphereParams(
         tracking_id=tracking_id,
@@ -156,6 +176,7 @@ def parse_params(query: Mapping[str, str], headers: Mapping[str, str] | None = N
         heartbeat_server=heartbeat_s,
         protocol=_flag("X-atmo-protocol", found.get("x-atmo-protocol")),
         content_type=found.get("content-type"),
+        offset=offset_n,
     )
     if params.protocol and tracking_id == "0":
         version = params.framework_version
@@ -241,5 +262,32 @@ def heartbeat_interval(configured_s: float, requested_s: int | None) -> float | 
 
 def is_heartbeat(text: str, padding: str = HEARTBEAT_PADDING) -> bool:
     """True if an inbound message from an Atmosphere client is a client
-    heartbeat: exactly the padding (§5.2)."""
+    heartbeat: exactly the padding its handshake named (§5.2)."""
     return text == padding
+
+
+def padding(params: AtmosphereParams) -> str:
+    """The heartbeat padding a client learns from its handshake (§2.2) and
+    sends as its own heartbeats (§5.2): ``"X"``, as the Java server; none
+    (``""``) for a client that acknowledges what it got (``X-Atmosphere-Offset``),
+    so that a message ``"X"`` reaches it as any other."""
+    return "" if params.acks else HEARTBEAT_PADDING
+
+
+def heartbeat_text(params: AtmosphereParams) -> str:
+    """What a server heartbeat writes (§5.1): the padding, length-framed if
+    the client tracks message sizes; for a client that acknowledges what it
+    got, a lone line feed instead, which its length parser skips (§3.2) so
+    that it counts no message for it."""
+    if params.acks:
+        return "\n"
+    return frame(HEARTBEAT_PADDING, params.track_message_size)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate (which no UTF-8 can carry, but a
+    JSON ``"\\ud83d"`` escape can make) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)

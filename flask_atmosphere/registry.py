@@ -7,29 +7,37 @@ a broadcast goes through them.
 """
 from __future__ import annotations
 
+from time import monotonic
 from typing import TYPE_CHECKING, Iterator
+from urllib.parse import unquote
 
 from gevent.event import Event
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
+    from .decisions import Refusal
 
 __all__ = ["Registry", "normalize_path"]
 
 
 def normalize_path(path: str) -> str:
-    """The broadcaster key of ``path``: a leading ``/``, no trailing ``/``
-    (``"/"`` stays ``"/"``)."""
-    path = "/" + path.strip("/")
-    return path
+    """The broadcaster key of ``path``, the one form for registering and for
+    broadcasting alike: percent-escapes decoded once (so that
+    ``url_for("room", room="a b")``, ``/rooms/a%20b``, and the request's own
+    ``request.path``, ``/rooms/a b``, name one broadcaster), a leading
+    ``/``, no trailing ``/`` (``"/"`` stays ``"/"``)."""
+    if "%" in path:
+        path = unquote(path)
+    return "/" + path.strip("/")
 
 
 class Registry:
     """Live connections by broadcaster path and by uuid."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._by_path: dict[str, dict[str, "Connection"]] = {}
         self._by_uuid: dict[str, "Connection"] = {}
+        self._closed: dict[str, tuple[float, "Refusal"]] = {}  # in order of expiry
         self._empty = Event()
         self._empty.set()
 
@@ -53,6 +61,30 @@ class Registry:
                 del self._by_path[connection.path]
         if not self._by_uuid:
             self._empty.set()
+
+    def tombstone(self, uuid: str, refusal: "Refusal", seconds: float) -> None:
+        """The app closed the client ``uuid``: for ``seconds`` (the grace
+        period), :meth:`closed` answers ``refusal`` for it."""
+        now = monotonic()
+        closed = self._closed
+        while closed:  # the oldest first (one grace period for all, so in order)
+            oldest, (until, _) = next(iter(closed.items()))
+            if until > now:
+                break
+            del closed[oldest]
+        closed.pop(uuid, None)
+        closed[uuid] = (now + seconds, refusal)
+
+    def closed(self, uuid: str) -> "Refusal | None":
+        """What a return of the client ``uuid`` gets, if the app closed it
+        within the grace period; else ``None``."""
+        entry = self._closed.get(uuid)
+        if entry is None:
+            return None
+        if entry[0] <= monotonic():
+            del self._closed[uuid]
+            return None
+        return entry[1]
 
     def wait_empty(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds until no connection is left (on the

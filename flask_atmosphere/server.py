@@ -1,69 +1,103 @@
 """Serving a Flask app with atmosphere routes on gevent's pywsgi.
 
-gevent-websocket's ``WebSocketHandler`` does the HTTP upgrade; everything
-else is ordinary WSGI. Under gunicorn, use its gevent WebSocket worker
-(``-k geventwebsocket.gunicorn.workers.GeventWebSocketWorker``) instead.
+This is the only module that knows pywsgi's handler from the inside; it was
+checked against gevent 26.9.0 (``gevent/pywsgi.py``: ``WSGIHandler``'s
+``get_environ``, ``run_application``, ``_write_with_headers``, ``_sendall``,
+``socket``/``rfile``/``headers_sent``/``response_use_chunked``, and
+``WSGIServer.do_close``). It offers the transports what PEP 3333 does not
+(see ``environ.py``): the request's socket, a final write, and a WebSocket
+upgrade that the app's view performs itself once it has admitted the client,
+so that the app's middleware, its hooks and its refusals apply to WebSocket
+requests exactly as to any other.
+
+Under gunicorn, gevent-websocket's worker
+(``-k geventwebsocket.gunicorn.workers.GeventWebSocketWorker``) upgrades
+before calling the app instead; the transports handle that too.
 """
 from __future__ import annotations
 
 import logging
+import re
 import signal
+from typing import Any
 
 import gevent
 from gevent.event import Event
-from gevent.pywsgi import WSGIServer
-from geventwebsocket.handler import WebSocketHandler
+from gevent.pywsgi import WSGIHandler, WSGIServer
+from wsproto.utilities import generate_accept_token
 
-from .transports import REFUSAL_KEY, admit_upgrade
-from .transports.http import FINAL_WRITE_KEY, SOCKET_KEY
-from .transports.websocket import PARK_KEY, read_buffered
+from .environ import FINAL_WRITE_KEY, SOCKET_KEY, UPGRADE_KEY
+from .transports.websocket import read_buffered
 
 __all__ = ["AtmosphereServer", "AtmosphereHandler"]
 
 log = logging.getLogger("flask_atmosphere")
+#: One line per request, at DEBUG (tracking ids redacted).
+access_log = logging.getLogger("flask_atmosphere.access")
 
 #: The largest first piece of a body sent together with the headers (bytes):
 #: below it, copying is cheaper than another syscall.
 _COALESCE_MAX = 64 * 1024
 
+#: The value of a tracking id in a request line, as logged.
+_TRACKING_ID = re.compile(r"((?:^|[?&])X-Atmosphere-tracking-id=)[^&\s]*", re.IGNORECASE)
 
-class AtmosphereHandler(WebSocketHandler):
-    """gevent-websocket's handler, which also shows the request's socket to
-    the app (under :data:`SOCKET_KEY`) and, on an :class:`AtmosphereServer`,
-    lets the WebSocket transport take an upgraded socket over (under
-    ``PARK_KEY``), so that the request's greenlet can end while the
-    connection lives on."""
 
-    _parked = False
+def _asks_upgrade(environ: dict[str, Any]) -> bool:
+    """A WebSocket opening handshake (RFC 6455 §4.1): a GET with
+    ``Upgrade: websocket``."""
+    return environ.get("REQUEST_METHOD") == "GET" \
+        and environ.get("HTTP_UPGRADE", "").lower() == "websocket"
 
-    def get_environ(self):
+
+class AtmosphereHandler(WSGIHandler):
+    """pywsgi's handler, which shows the request's socket to the app
+    (``SOCKET_KEY``), gives it a final write (``FINAL_WRITE_KEY``), lets the
+    app's view upgrade a WebSocket request itself (``UPGRADE_KEY``), and
+    bounds every request body by its ``Content-Length``."""
+
+    _upgraded = False
+
+    def get_environ(self) -> dict[str, Any]:
         environ = super().get_environ()
         environ[SOCKET_KEY] = self.socket
         environ[FINAL_WRITE_KEY] = self._write_final
-        if isinstance(self.server, _WSGIServer):
-            environ[PARK_KEY] = self._park
+        # pywsgi hands a request that says "Connection: upgrade" (nginx's
+        # usual WebSocket recipe sends it on every request) its raw reader,
+        # which has no end: a POST's body would be read until the peer gives
+        # up. Every request gets the reader bounded by its Content-Length.
+        environ["wsgi.input"] = self.wsgi_input
+        environ["wsgi.input_terminated"] = True
+        if _asks_upgrade(environ):
+            environ[UPGRADE_KEY] = self._upgrade
         return environ
 
-    def _park(self):
-        """Give the upgraded socket away: returns ``(socket, buffered)``,
-        ``buffered`` being what the request's reader holds beyond the
-        request. The server will not close the socket."""
-        self._parked = True
+    def _upgrade(self, headers: list[tuple[str, str]]) -> tuple[Any, bytes]:
+        """``UPGRADE_KEY``: send the 101 (RFC 6455 §4.2.2) with ``headers``
+        and give the socket away, with what the request's reader holds
+        beyond the request. The server will neither read nor close it."""
+        key = self.environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip().encode("latin-1")
+        lines = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: websocket",
+                 b"Connection: Upgrade", b"Sec-WebSocket-Accept: " + generate_accept_token(key)]
+        lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
+        self.socket.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        self._upgraded = True
+        self.status = b"101 Switching Protocols"
+        self._orig_status = "101 Switching Protocols"
+        self.code = 101
+        self.headers_sent = True
+        self.close_connection = True
         self.server.parked.add(self.socket)
         return self.socket, read_buffered(self.rfile)
 
-    def run_websocket(self):
-        # gevent-websocket's, without its registry of clients (``server.clients``),
-        # leaving a parked socket open when the app returns.
+    def run_application(self) -> None:
         try:
-            list(self.application(self.environ, lambda status, headers, exc_info=None: []))
+            super().run_application()
         finally:
-            self.environ["wsgi.websocket"] = None
-            self.websocket = None
-            if self._parked:
-                self.socket = None  # pywsgi's handler neither reads nor closes it
+            if self._upgraded:
+                self.socket = None  # pywsgi neither reads nor closes it any more
 
-    def _write_with_headers(self, data):
+    def _write_with_headers(self, data: bytes) -> None:
         # pywsgi's, with the status line, the headers and a whole small body
         # (one with a Content-Length) in one send (pywsgi sends the headers on
         # their own): the same bytes, one syscall fewer on each side.
@@ -109,13 +143,17 @@ class AtmosphereHandler(WebSocketHandler):
         self.response_use_chunked = False  # the last chunk goes here, not in process_result
         self._sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
 
-    def log_request(self):
-        # gevent-websocket's, formatting the line only if it is logged.
-        logger = self.logger
-        if logger.isEnabledFor(logging.INFO) and "101" not in str(self.status):
-            logger.info(self.format_request())
+    def format_request(self) -> str:
+        # Tracking ids act for their clients until a grace period ends:
+        # they are not written to the access log.
+        return _TRACKING_ID.sub(r"\1[redacted]", super().format_request())
 
-    def handle(self):
+    def log_request(self) -> None:
+        # The access line, at DEBUG, formatted only if it is logged.
+        if access_log.isEnabledFor(logging.DEBUG):
+            access_log.debug(self.format_request())
+
+    def handle(self) -> None:
         # pywsgi answers a request cut off in its headers with a 400 to the
         # dead socket and lets the broken pipe escape; the peer is just gone.
         try:
@@ -125,13 +163,13 @@ class AtmosphereHandler(WebSocketHandler):
 
 
 class _WSGIServer(WSGIServer):
-    """pywsgi's server, which leaves the sockets of parked WebSockets open."""
+    """pywsgi's server, which leaves the sockets of upgraded WebSockets open."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.parked: set = set()
+        self.parked: set[Any] = set()
 
-    def do_close(self, sock, *args):
+    def do_close(self, sock: Any, *args: Any) -> None:
         if sock in self.parked:
             self.parked.discard(sock)
             return
@@ -150,7 +188,7 @@ class AtmosphereServer:
         RuntimeError: ``app`` has no ``Atmosphere``.
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 8080):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8080):
         try:
             self.atmosphere = app.extensions["atmosphere"]
         except KeyError:
@@ -158,34 +196,13 @@ class AtmosphereServer:
         self.app = app
         self._stopped = Event()
         self.wsgi = _WSGIServer((host, port), app, handler_class=AtmosphereHandler,
-                               log=logging.getLogger("flask_atmosphere.access"),
-                               error_log=logging.getLogger("flask_atmosphere.server"))
-        self.wsgi.pre_start_hook = self._refuse_upgrade
-
-    def _refuse_upgrade(self, handler) -> bool:
-        """gevent-websocket's ``pre_start_hook``: ``True`` serves the request
-        as plain HTTP instead of upgrading it. For an atmosphere route that
-        refuses the upgrade (WebSocket not offered: 501; a foreign origin:
-        403; the limit or a ``before_connect`` hook), the answer is left in
-        the environ for the route's view to send."""
-        environ = handler.environ
-        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
-            return False
-        with self.app.request_context(environ):
-            from flask import request
-            route = getattr(self.app.view_functions.get(request.endpoint), "atmosphere_route", None)
-            if route is None:
-                return False
-            refused = admit_upgrade(self.atmosphere, route)
-        if refused is None:
-            return False
-        environ[REFUSAL_KEY] = refused
-        return True
+                                log=None,
+                                error_log=logging.getLogger("flask_atmosphere.server"))
 
     @property
     def port(self) -> int:
         """The TCP port the server listens on (known once started)."""
-        return self.wsgi.server_port
+        return int(self.wsgi.server_port)
 
     def start(self) -> None:
         """Start listening; connections are served on this thread's hub."""
@@ -206,7 +223,7 @@ class AtmosphereServer:
         """Start and serve until SIGINT or SIGTERM (main thread only), then stop."""
         self.start()
         host, port = self.wsgi.address[:2]
-        log.warning("flask-atmosphere serving on http://%s:%s", host, port)
+        log.info("flask-atmosphere serving on http://%s:%s", host, port)
         for signum in (signal.SIGINT, signal.SIGTERM):
             gevent.signal_handler(signum, lambda: gevent.spawn(self.stop))
         self._stopped.wait()

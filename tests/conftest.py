@@ -119,6 +119,11 @@ class WSClient:
     def __init__(self, url: str, track: bool = False, protocol: bool = False, **options):
         self.ws = websocket.create_connection(url, timeout=TIMEOUT, **options)
         _open_clients.append(self)
+        #: The resume key the upgrade set (a ``name=value`` cookie), or the
+        #: one this client brought: pass it as ``cookie=`` to resume it, as a
+        #: browser would.
+        set_cookie = (self.ws.getheaders() or {}).get("set-cookie")
+        self.cookie = set_cookie.split(";", 1)[0] if set_cookie else options.get("cookie")
         self.track = track
         self.uuid = None
         self._pending: list[str] = []
@@ -129,7 +134,8 @@ class WSClient:
         if not self.track:
             return [data]
         out = []
-        while data:
+        while data.lstrip():  # whitespace between frames is a heartbeat (acknowledging clients)
+            data = data.lstrip()
             length, _, rest = data.partition("|")
             n = int(length)
             # lengths count UTF-16 code units

@@ -18,16 +18,18 @@ class Decoder:
     """The clients' length-tracking parser: ``<utf16 length>|<text>``, messages
     split across reads reassembled, heartbeats (``X``) dropped."""
 
-    def __init__(self, track: bool = True):
+    def __init__(self, track: bool = True, acks: bool = False):
         self.track = track
+        self.acks = acks  # its heartbeats are whitespace: an "X" is a message
         self.partial = ""
 
     def feed(self, text: str) -> list[str]:
         if not self.track:
-            return [] if text in ("", "X") else [text]
+            return [] if text.strip() in ("", "X") else [text]
         data = self.partial + text
         out = []
         while "|" in data:
+            data = data.lstrip()  # whitespace between frames: an acknowledging client's heartbeat
             head, _, rest = data.partition("|")
             n = int(head)
             if rest.isascii():  # one code unit per character
@@ -41,8 +43,8 @@ class Decoder:
                 break
             out.append(units[: 2 * n].decode("utf-16-le"))
             data = units[2 * n:].decode("utf-16-le")
-        self.partial = data
-        return [m for m in out if m != "X"]
+        self.partial = data.lstrip()
+        return [m for m in out if m != "X" or self.acks]
 
 
 def params(transport: str, tracking_id: str = "0", track: bool = True, protocol: bool = True,
@@ -60,25 +62,35 @@ class PollClient:
     """A long-polling client: the first GET gets the handshake, then
     :meth:`poll` returns the messages of one held GET."""
 
-    def __init__(self, base: str, path: str, track: bool = True, framework: str = "5.0.7"):
+    def __init__(self, base: str, path: str, track: bool = True, framework: str = "5.0.7",
+                 acks: bool = False):
         self.http = requests.Session()
         self.url = base + path
         self.track = track
         self.framework = framework
-        first = self.http.get(self.url, params=params("long-polling", track=track, framework=framework),
-                              timeout=TIMEOUT)
+        #: Acknowledge what it got (``X-Atmosphere-Offset``), as the bundled client does.
+        self.acks = acks
+        self.received = 0
+        first = self.http.get(self.url, params=self.first_query(), timeout=TIMEOUT)
         first.raise_for_status()
         self.handshake_response = first
         hello = Decoder(track).feed(first.text) if track else [first.text]
         self.uuid = hello[0].split("|")[0]
 
+    def first_query(self) -> dict:
+        query = params("long-polling", track=self.track, framework=self.framework)
+        return query | ({"X-Atmosphere-Offset": "0"} if self.acks else {})
+
     def query(self, transport: str = "long-polling") -> dict:
-        return params(transport, self.uuid, self.track, framework=self.framework)
+        query = params(transport, self.uuid, self.track, framework=self.framework)
+        return query | ({"X-Atmosphere-Offset": str(self.received)} if self.acks else {})
 
     def poll(self) -> list[str]:
         response = self.http.get(self.url, params=self.query(), timeout=TIMEOUT)
         response.raise_for_status()
-        return Decoder(self.track).feed(response.text)
+        messages = Decoder(self.track, self.acks).feed(response.text)
+        self.received += len(messages)
+        return messages
 
     def poll_until(self, count: int) -> list[str]:
         got: list[str] = []
@@ -101,17 +113,22 @@ class StreamClient:
     land in :attr:`messages` (a queue) as they arrive."""
 
     def __init__(self, base: str, path: str, transport: str = "streaming", track: bool = True,
-                 tracking_id: str = "0", headers: dict | None = None, framework: str = "5.0.7"):
+                 tracking_id: str = "0", headers: dict | None = None, framework: str = "5.0.7",
+                 http: requests.Session | None = None, extra: dict | None = None,
+                 acks: bool = False):
         self.transport = transport
         self.url = base + path
         self.messages: queue.Queue = queue.Queue()
         self.event_ids: list[str] = []
-        self.decoder = Decoder(track)
+        self.decoder = Decoder(track, acks)
         self.track = track
         self.framework = framework
-        self.response = requests.get(self.url, params=params(transport, tracking_id, track,
-                                                             framework=framework),
-                                     stream=True, timeout=TIMEOUT, headers=headers or {})
+        #: Keeps the cookies (the resume key) as a browser does: pass it to
+        #: the client that resumes this one.
+        self.http = http or requests.Session()
+        query = params(transport, tracking_id, track, framework=framework) | (extra or {})
+        self.response = self.http.get(self.url, params=query, stream=True, timeout=TIMEOUT,
+                                      headers=headers or {})
         self.response.raise_for_status()
         self._socket = self.response.raw._connection.sock
         self.uuid = tracking_id if tracking_id != "0" else None
@@ -158,9 +175,9 @@ class StreamClient:
         return [self.next() for _ in range(count)]
 
     def post(self, text: str) -> requests.Response:
-        return requests.post(self.url, params=params(self.transport, self.uuid, self.track,
-                                                     framework=self.framework),
-                             data=text.encode("utf-8"), timeout=TIMEOUT)
+        return self.http.post(self.url, params=params(self.transport, self.uuid, self.track,
+                                                      framework=self.framework),
+                              data=text.encode("utf-8"), timeout=TIMEOUT)
 
     def close(self) -> None:
         """Drop the connection, as a browser closing the page would (the

@@ -44,8 +44,11 @@ def server_of(live, recorder):
     return start
 
 
+ALL_TRANSPORTS = ["websocket", "sse", "streaming", "long-polling", "jsonp"]
+
+
 def test_a_foreign_origin_gets_403_on_every_transport_and_no_client(server_of, recorder):
-    server, atmosphere, _ = server_of()
+    server, atmosphere, _ = server_of(ATMOSPHERE_TRANSPORTS=ALL_TRANSPORTS)
     base = f"http://127.0.0.1:{server.port}"
     foreign = {"Origin": "http://evil.example"}
     with pytest.raises(websocket.WebSocketBadStatusException) as info:

@@ -39,6 +39,7 @@ class FakeConnection:
         self.queued: list[str] = []
         self.accepts = accepts
         self.direct = self if direct else None
+        self.keeps = False
 
     def write_now(self, data):
         if self.accepts:
@@ -146,11 +147,27 @@ def test_broadcasts_pile_up_until_the_hub_runs_then_go_out_together():
     broadcaster = Broadcaster(registry_of(connection), MemoryBackplane())
     broadcaster.attach(gevent.get_hub(), replace=True)
     try:
-        for i in range(MAX_COALESCED + 2):
+        for i in range(MAX_COALESCED - 1):
             broadcaster.publish(Broadcast("/chat", f"m{i}", Everyone))
         assert connection.writes == []  # not before this greenlet yields
         gevent.sleep(0)
-        assert len(connection.writes) == 2  # at most MAX_COALESCED per write
+        assert len(connection.writes) == 1
+        assert connection.texts() == [f"m{i}" for i in range(MAX_COALESCED - 1)]
+    finally:
+        broadcaster.detach(gevent.get_hub())
+
+
+def test_a_publisher_that_never_yields_sends_a_full_batch_at_once():
+    # So that the mailboxes it fills show (for back-pressure) before it is done.
+    connection = FakeConnection("a")
+    broadcaster = Broadcaster(registry_of(connection), MemoryBackplane())
+    broadcaster.attach(gevent.get_hub(), replace=True)
+    try:
+        for i in range(MAX_COALESCED + 2):
+            broadcaster.publish(Broadcast("/chat", f"m{i}", Everyone))
+        assert len(connection.writes) == 1  # one full batch, fanned out in this greenlet
+        gevent.sleep(0)
+        assert len(connection.writes) == 2  # the rest when it yields
         assert connection.texts() == [f"m{i}" for i in range(MAX_COALESCED + 2)]
     finally:
         broadcaster.detach(gevent.get_hub())

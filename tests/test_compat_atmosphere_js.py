@@ -137,8 +137,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server():
-    """One server for the whole module: every transport offered."""
-    app, atmosphere = compat_app()
+    """One server for the whole module: every transport offered (JSONP too)."""
+    app, atmosphere = compat_app(
+        ATMOSPHERE_TRANSPORTS=["websocket", "long-polling", "streaming", "sse", "jsonp"])
     live = LiveServer(app)
     yield Server(live, atmosphere)
     live.stop()

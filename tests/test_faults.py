@@ -36,13 +36,16 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def raw_get(port: int, path_and_query: str, rcvbuf: int | None = None) -> socket.socket:
-    """A GET sent on a raw socket that is then never read."""
+def raw_get(port: int, path_and_query: str, rcvbuf: int | None = None,
+            cookies: dict | None = None) -> socket.socket:
+    """A GET sent on a raw socket that is then never read, with ``cookies``
+    (a long-poll client's resume key, say)."""
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    cookie = "".join(f"Cookie: {k}={v}\r\n" for k, v in (cookies or {}).items())
+    sock.sendall(f"GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\n{cookie}\r\n".encode())
     return sock
 
 
@@ -76,8 +79,10 @@ def test_an_http_client_whose_socket_closes_while_held_is_disconnected(live, rec
     server = live(app)
     base = f"http://127.0.0.1:{server.port}"
     if transport == "long-polling":
-        uuid = PollClient(base, "/quiet").uuid
-        sock = raw_get(server.port, "/quiet?" + requests.compat.urlencode(params(transport, uuid)))
+        client = PollClient(base, "/quiet")
+        uuid = client.uuid
+        sock = raw_get(server.port, "/quiet?" + requests.compat.urlencode(params(transport, uuid)),
+                       cookies=client.http.cookies.get_dict())
         server.wait_until(lambda: atmosphere.registry.get(uuid).carrier is not None)
         sock.close()
     else:
@@ -202,8 +207,10 @@ def one_cycle(server, i: int) -> None:
         sock.sendall(b"GET /churn?X-Atmosphere-Transport=websocket HTTP/1.1\r\nHost: x\r\nUpg")
         reset(sock)
     elif mode == 3:  # long-polling, RST in the middle of a held poll
-        uuid = requests.get(base + "/churn", params=params("long-polling"), timeout=TIMEOUT).text.split("|")[1]
-        reset(raw_get(port, "/churn?" + requests.compat.urlencode(params("long-polling", uuid))))
+        first = requests.get(base + "/churn", params=params("long-polling"), timeout=TIMEOUT)
+        uuid = first.text.split("|")[1]
+        reset(raw_get(port, "/churn?" + requests.compat.urlencode(params("long-polling", uuid)),
+                      cookies=first.cookies.get_dict()))
     elif mode == 4:  # streaming, dropped
         StreamClient(base, "/churn", "streaming").close()
     else:  # SSE, then the close request

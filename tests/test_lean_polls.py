@@ -1,4 +1,4 @@
-"""The lean path (transports/fastpath.py): the polls of a known long-polling
+"""The lean path (lean.py): the polls of a known long-polling
 client answered before Flask, exactly as Flask's way would answer them; and
 everything else still going through Flask."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import TIMEOUT
 from http_clients import Decoder, PollClient, params
 from test_websocket import make_app
 from flask_atmosphere import Connected
-from flask_atmosphere.transports.fastpath import LeanPolls
+from flask_atmosphere.lean import LeanPath
 
 
 class Counted:
@@ -21,7 +21,7 @@ class Counted:
 
     def __init__(self, app):
         self.lean = app.wsgi_app
-        assert isinstance(self.lean, LeanPolls)
+        assert isinstance(self.lean, LeanPath)
         self.flask = self.lean.wsgi_app
         self.count = 0
         self._lock = threading.Lock()
@@ -40,7 +40,7 @@ def served(live, recorder):
         app, atmosphere = make_app(recorder, **config)
         if prepare is not None:
             prepare(app)
-        counted = Counted(app) if isinstance(app.wsgi_app, LeanPolls) else None
+        counted = Counted(app) if isinstance(app.wsgi_app, LeanPath) else None
         server = live(app)
         return server, atmosphere, f"http://127.0.0.1:{server.port}", counted
     return start
@@ -208,12 +208,14 @@ def test_no_lean_path_behind_a_middleware_wrapped_before_init_app(live, recorder
 
 
 def test_lean_jsonp_polls(served):
-    server, atmosphere, base, flask = served()
+    server, atmosphere, base, flask = served(ATMOSPHERE_TRANSPORTS=["jsonp"])
     query = params("jsonp") | {"jsonpTransport": "atmosphere17"}
-    first = requests.get(base + "/quiet", params=query, timeout=TIMEOUT)
+    script = requests.Session()  # a <script> of the page: no Origin, but Fetch Metadata
+    script.headers["Sec-Fetch-Site"] = "same-origin"
+    first = script.get(base + "/quiet", params=query, timeout=TIMEOUT)
     query["X-Atmosphere-tracking-id"] = first.text.split("|")[1]
     atmosphere.broadcast("/quiet", 'x"y')
-    poll = requests.get(base + "/quiet", params=query, timeout=TIMEOUT)
+    poll = script.get(base + "/quiet", params=query, timeout=TIMEOUT)
     assert poll.text == 'atmosphere17({"message" : "3|x\\"y"});'
     assert poll.headers["Content-Type"] == "application/javascript; charset=utf-8"
     assert flask.count == 1

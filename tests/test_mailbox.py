@@ -11,7 +11,7 @@ def seqs(batch):
 
 
 def mailbox_with(*texts):
-    mailbox = Mailbox(10, 1 << 20)
+    mailbox = Mailbox(10, 1 << 20, history_messages=10, history_bytes=1 << 20)
     for text in texts:
         mailbox.put(Outbound(text))
     return mailbox
@@ -79,7 +79,8 @@ def test_a_draining_close_still_waits_for_the_batch_going_out_then_delivers_the_
 
 def test_a_resume_leaves_the_batch_going_out_in_flight_and_queues_nothing_twice():
     mailbox = mailbox_with("one")
-    earlier = mailbox.take(0, keep=True)  # an old SSE request's write, not done yet
+    mailbox.keep = True  # an SSE client: it can say how far it got
+    earlier = mailbox.take(0)  # an old SSE request's write, not done yet
     mailbox.put(Outbound("two"))
     mailbox.resume(0)  # the browser came back: it had nothing
     assert mailbox.take(0) == []  # "one" is still going out on the old request

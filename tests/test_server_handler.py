@@ -3,6 +3,7 @@ few sends as its shape allows, byte for byte as pywsgi writes it."""
 from __future__ import annotations
 
 import logging
+import re
 
 import gevent
 import pytest
@@ -11,7 +12,7 @@ from gevent import socket
 from gevent.pywsgi import WSGIHandler
 
 from flask_atmosphere import Atmosphere, AtmosphereClient
-from flask_atmosphere.server import AtmosphereHandler, AtmosphereServer
+from flask_atmosphere.server import AtmosphereHandler, AtmosphereServer, access_log
 
 class RecordingSocket(socket.socket):
     """A gevent socket that records what each ``sendall`` sends."""
@@ -85,8 +86,9 @@ QUERY = ("/poll?X-Atmosphere-Transport=long-polling&X-Atmosphere-Framework=5.0.7
          "&X-atmo-protocol=true&X-Atmosphere-TrackMessageSize=true")
 
 
-def get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+def get(path: str, cookie: str | None = None) -> bytes:
+    header = f"Cookie: {cookie}\r\n" if cookie else ""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}\r\n".encode()
 
 
 def without_date(response: bytes) -> bytes:
@@ -124,8 +126,10 @@ def poll_client(start, handler_class=AtmosphereHandler):
     client, recording = start(handler_class)
     buffer = bytearray()
     client.sendall(get(QUERY + "&X-Atmosphere-tracking-id=0"))
-    uuid = read_response(client, buffer).split(b"\r\n\r\n", 1)[1].decode().split("|")[1]
-    return client, recording, buffer, get(QUERY + "&X-Atmosphere-tracking-id=" + uuid)
+    head, body = read_response(client, buffer).split(b"\r\n\r\n", 1)
+    uuid = body.decode().split("|")[1]
+    cookie = re.search(rb"Set-Cookie: ([^;]+);", head).group(1).decode()  # the resume key
+    return client, recording, buffer, get(QUERY + "&X-Atmosphere-tracking-id=" + uuid, cookie)
 
 
 @pytest.mark.parametrize("rounds", [3])  # the first poll goes through Flask, the next lean
@@ -191,13 +195,22 @@ def test_the_access_log_is_formatted_only_when_it_is_logged(handled, monkeypatch
                         lambda self: formatted.append(self) or "the line")
     handler = AtmosphereHandler(socket.socket(), ("127.0.0.1", 4242), server.wsgi)
     handler.status = b"200 OK"
-    logger = handler.logger  # gevent-websocket's access log
-    with caplog.at_level(logging.WARNING, logger=logger.name):
+    with caplog.at_level(logging.INFO, logger=access_log.name):  # access lines are DEBUG
         handler.log_request()
     assert formatted == []
-    with caplog.at_level(logging.INFO, logger=logger.name):
-        handler.log_request()
-        handler.status = b"101 Switching Protocols"  # never logged
+    with caplog.at_level(logging.DEBUG, logger=access_log.name):
         handler.log_request()
     assert formatted == [handler]
-    assert [r.getMessage() for r in caplog.records if r.name == logger.name] == ["the line"]
+    assert [r.getMessage() for r in caplog.records if r.name == access_log.name] == ["the line"]
+
+
+def test_the_access_log_shows_no_tracking_id(handled):
+    server, atmosphere, start = handled
+    handler = AtmosphereHandler(socket.socket(), ("127.0.0.1", 4242), server.wsgi)
+    handler.status, handler._orig_status = b"200 OK", "200 OK"
+    handler.time_finish = 0
+    handler.requestline = ("GET /chat?X-Atmosphere-Transport=long-polling&"
+                           "X-Atmosphere-tracking-id=c0ffee00-1111&x=1 HTTP/1.1")
+    line = handler.format_request()
+    assert "c0ffee00" not in line
+    assert "X-Atmosphere-tracking-id=[redacted]&x=1" in line

@@ -146,19 +146,21 @@ def test_the_close_request_ends_the_client_and_answers_its_held_poll(chat, recor
 
 
 def test_jsonp(chat):
-    server, atmosphere, base = chat()
+    server, atmosphere, base = chat(ATMOSPHERE_TRANSPORTS=["long-polling", "jsonp"])
     query = params("jsonp") | {"jsonpTransport": "atmosphere1795986232470"}
-    first = requests.get(base + "/quiet", params=query, timeout=TIMEOUT)
+    script = requests.Session()  # <script> tags of the page: Fetch Metadata, cookies
+    script.headers["Sec-Fetch-Site"] = "same-origin"
+    first = script.get(base + "/quiet", params=query, timeout=TIMEOUT)
     assert first.headers["Content-Type"] == "application/javascript; charset=utf-8"
     assert first.text.startswith('atmosphere1795986232470({"message" : "41|')
     uuid = first.text.split("|")[1]
     atmosphere.broadcast("/quiet", 'x"y\u2028z')
     query["X-Atmosphere-tracking-id"] = uuid
-    poll = requests.get(base + "/quiet", params=query, timeout=TIMEOUT)
+    poll = script.get(base + "/quiet", params=query, timeout=TIMEOUT)
     assert poll.text == 'atmosphere1795986232470({"message" : "5|x\\"y\\u2028z"});'
     # A JSONP push: the message rides in the query.
-    push = requests.get(base + "/chat", params=params("jsonp", uuid) | {"X-Atmosphere-Post-Body": "hi"},
-                        timeout=TIMEOUT)
+    push = script.get(base + "/chat", params=params("jsonp", uuid) | {"X-Atmosphere-Post-Body": "hi"},
+                      timeout=TIMEOUT)
     assert push.status_code == 200
 
 
@@ -196,7 +198,7 @@ def test_sse_resumes_after_last_event_id(chat):
     assert first.take(3) == ["a", "b", "c"]
     first.close()
     # The browser's own reconnect says it saw "a" only: "b" and "c" come again.
-    again = StreamClient(base, "/quiet", "sse", tracking_id=first.uuid,
+    again = StreamClient(base, "/quiet", "sse", tracking_id=first.uuid, http=first.http,
                          headers={"Last-Event-ID": first.event_ids[0]})
     assert again.next().split("|")[0] == first.uuid  # 5.x gets the handshake again (§2.7)
     assert again.take(2) == ["b", "c"]
@@ -207,7 +209,8 @@ def test_the_handshake_is_resent_on_reconnect_only_to_5x(chat, framework, resent
     server, atmosphere, base = chat()
     first = StreamClient(base, "/quiet", framework=framework)
     first.close()
-    again = StreamClient(base, "/quiet", tracking_id=first.uuid, framework=framework)
+    again = StreamClient(base, "/quiet", tracking_id=first.uuid, framework=framework,
+                         http=first.http)
     atmosphere.broadcast("/quiet", "after")
     first_message = again.next()
     assert (first_message == f"{first.uuid}|0|X|") is resent
@@ -225,7 +228,7 @@ def test_a_stream_reconnect_within_the_grace_period_keeps_the_client(chat, recor
     server.wait_until(lambda: atmosphere.registry.get(first.uuid).carrier is None)
     for message in ("while away 1", "while away 2"):
         atmosphere.broadcast("/quiet", message)
-    again = StreamClient(base, "/quiet", tracking_id=first.uuid)
+    again = StreamClient(base, "/quiet", tracking_id=first.uuid, http=first.http)
     assert again.take(3)[1:] == ["while away 1", "while away 2"]
     assert events_of(recorder, first.uuid) == [Connected()]  # no second Connected, no Disconnected
 
@@ -237,7 +240,8 @@ def test_a_websocket_reconnect_within_the_grace_period_gets_what_was_sent_meanwh
     server.wait_until(lambda: atmosphere.registry.get(first.uuid).carrier is None)
     atmosphere.broadcast("/quiet", "meanwhile")
     query = dict(ATMOSPHERE_PARAMS, **{"X-Atmosphere-tracking-id": first.uuid})
-    again = WSClient(server.url("/quiet", **query), track=True, protocol=True)
+    again = WSClient(server.url("/quiet", **query), track=True, protocol=True,
+                     cookie=first.cookie)
     assert again.uuid == first.uuid
     assert again.recv() == "meanwhile"
     assert events_of(recorder, first.uuid) == [Connected()]
@@ -395,6 +399,7 @@ def test_a_poll_that_takes_over_from_one_waiting_for_more_gets_the_messages_at_o
     atmosphere.broadcast("/quiet", "m0")
     server.wait_until(lambda: settling)  # A is waiting for more
     taking_over = requests.Session()  # another connection, as a browser's next poll
+    taking_over.cookies.update(client.http.cookies)
     response = taking_over.get(client.url, params=client.query(), timeout=TIMEOUT)
     assert Decoder().feed(response.text) == ["m0"]
     server.call(gate.set)
@@ -450,10 +455,12 @@ def test_a_poller_without_the_framework_parameter_is_resumed_by_its_tracking_id(
     server, atmosphere, base = chat()
     query = {"X-Atmosphere-Transport": "long-polling", "X-atmo-protocol": "true",
              "X-Atmosphere-TrackMessageSize": "true", "X-Atmosphere-tracking-id": "0"}
-    uuid = requests.get(base + "/quiet", params=query, timeout=TIMEOUT).text.split("|")[1]
+    first = requests.get(base + "/quiet", params=query, timeout=TIMEOUT)
+    uuid = first.text.split("|")[1]
     query["X-Atmosphere-tracking-id"] = uuid
     atmosphere.broadcast("/quiet", "between polls")
-    answer = requests.get(base + "/quiet", params=query, timeout=TIMEOUT).text
+    answer = requests.get(base + "/quiet", params=query, cookies=first.cookies,
+                          timeout=TIMEOUT).text
     assert Decoder().feed(answer) == ["between polls"]
     assert events_of(recorder, uuid) == [Connected()]
 

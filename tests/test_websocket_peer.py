@@ -2,17 +2,21 @@
 not take from the hub goes out from a greenlet, in turn, the write lock is
 left as it was found, and a write from the hub never overtakes one that is
 queued or still going out."""
-import gevent
-from gevent.lock import Semaphore
+from types import SimpleNamespace
 
-from flask_atmosphere.connection import Carrier
+import gevent
+
 from flask_atmosphere.mailbox import Mailbox, Outbound
-from flask_atmosphere.transports.websocket import WebSocketPeer
+from flask_atmosphere.protocol import AtmosphereParams
+from flask_atmosphere.transports.websocket import PeerState, WebSocketPeer
 from flask_atmosphere.transports.wsframes import FRAMING, encode_frame
 
 
 class FullSocket:
     """The real socket, full: a non-blocking send takes nothing."""
+
+    def shutdown(self, how):
+        pass
 
     def send(self, data, flags=0):
         raise BlockingIOError()
@@ -21,6 +25,9 @@ class FullSocket:
 class PartSocket:
     """The real socket, taking at most ``room`` bytes of each send; ``sent``
     has what it took, in order."""
+
+    def shutdown(self, how):
+        pass
 
     def __init__(self, room=1 << 20):
         self.room = room
@@ -38,10 +45,16 @@ class GreenSocket:
     def sendall(self, data):
         self.sent.append(bytes(data))
 
+    def shutdown(self, how):
+        pass
+
 
 class StandInConnection:
-    """What a peer's writer reads of its connection: it serves, and has a mailbox."""
-    uuid, path = "u1", "/chat"
+    """What a peer reads of its connection: it serves, has a mailbox, settings
+    and parameters (a plain WebSocket client: no Atmosphere heartbeat)."""
+    uuid, path, track = "u1", "/chat", False
+    settings = SimpleNamespace(max_message_size=1 << 20, write_timeout=5, close_timeout=5)
+    params = AtmosphereParams()
 
     def __init__(self):
         self.mailbox = Mailbox(10, 1 << 20)
@@ -54,14 +67,8 @@ class StandInConnection:
 
 
 def peer_over(raw, sock):
-    peer = WebSocketPeer.__new__(WebSocketPeer)
-    peer.lock, peer.raw, peer.sock = Semaphore(), raw, sock
-    peer.write_timeout, peer.close_sent = 5, False
-    peer.connection = StandInConnection()
-    peer.mailbox = peer.connection.mailbox
-    peer.carrier = Carrier(framing=FRAMING[False])
-    peer.writer, peer.ended, peer.wrote = None, False, False
-    peer._update_ready()
+    peer = WebSocketPeer(StandInConnection(), sock, parked=False, raw=raw)
+    peer._set_ready()  # as once attached
     return peer
 
 
@@ -78,7 +85,7 @@ def test_a_control_frame_the_full_socket_refuses_goes_out_later_and_the_lock_sta
 def test_nothing_goes_out_after_the_close_frame():
     sock = GreenSocket()
     peer = peer_over(FullSocket(), sock)
-    peer.close_sent = True
+    peer.state = PeerState.CLOSING  # its close frame went out
     peer._control(b"pong")
     gevent.sleep(0)
     assert sock.sent == []
@@ -111,7 +118,7 @@ def test_a_queued_message_holds_back_writes_from_the_hub_until_the_writer_sent_i
 def test_no_write_from_the_hub_after_the_close_frame():
     raw, sock = PartSocket(), GreenSocket()
     peer = peer_over(raw, sock)
-    peer.ended = True  # no wait for the peer's close frame
+    peer.state = PeerState.ENDED  # no wait for the peer's close frame
     peer._say_goodbye(1000, "bye")
     assert not peer.write_now(b"late")
     assert raw.sent == []
@@ -119,6 +126,9 @@ def test_no_write_from_the_hub_after_the_close_frame():
 
 class StalledSocket:
     """A socket whose peer stopped reading: a blocking send never returns."""
+
+    def shutdown(self, how):
+        pass
 
     def sendall(self, data):
         gevent.sleep(3600)

@@ -9,6 +9,8 @@ the client's mailbox keeps filling; the next poll gets it all, in order.
 The first request with tracking id ``0`` and ``X-atmo-protocol`` gets only the
 handshake, as its whole body (§2.3); the client is registered (and gets
 ``Connected``) right then, so nothing broadcast before its next poll is lost.
+A client that acknowledges what it got (``X-Atmosphere-Offset``) has what a
+lost answer carried sent again on its next poll.
 """
 from __future__ import annotations
 
@@ -18,10 +20,13 @@ import gevent
 import simplejson
 from flask import Response  # not werkzeug's: Flask would recast it (force_type)
 
+from typing import Any, Callable, Iterable
+
 from ..connection import Carrier, Connection
-from ..protocol import HEARTBEAT_PADDING, frame
-from .http import (NO_CACHE, DeferredResponse, final_writer, http_date, socket_abort,
-                   timed_writer, watch_eof)
+from ..decisions import handshake_only, poll_limit
+from ..protocol import frame, heartbeat_text
+from .responses import NO_CACHE, DeferredResponse, http_date
+from .sockets import final_writer, socket_abort, timed_writer, watch_eof
 
 __all__ = ["serve", "Poll", "content_type"]
 
@@ -37,28 +42,23 @@ def content_type(jsonp_callback: str | None) -> str:
     return _PLAIN if jsonp_callback is None else _SCRIPT
 
 
-def serve(connection: Connection, new: bool, environ, jsonp_callback: str | None = None):
+def serve(connection: Connection, new: bool, environ: dict[str, Any],
+          jsonp_callback: str | None = None) -> Response:
     """Serve one poll of ``connection`` (the full path, through Flask).
 
     Args:
-        connection: the client; ``new`` if it gets ``Connected``.
+        connection: the client, ``Connected`` delivered already; ``new`` if
+            this request opened it.
         environ: the WSGI environ of the request.
         jsonp_callback: the ``jsonpTransport`` parameter for JSONP, else ``None``.
     Returns:
         the Flask response: the handshake, or the held poll.
     """
-    if new:
-        connection.attach(Carrier(socket_abort(environ)))
-        connection.open()
-        params = connection.params
-        if params.protocol and params.tracking_id == "0":
-            connection.detach(connection.carrier)  # it polls again at once, with its uuid
-            return Response(_encode(connection.handshake(), jsonp_callback),
-                            content_type=content_type(jsonp_callback), headers=NO_CACHE)
-        carrier = connection.carrier
-    else:
-        carrier = None
-    poll = Poll(connection, environ, jsonp_callback, carrier)
+    if new and handshake_only(connection.params):
+        connection.detach(None)  # it polls again at once, with its uuid
+        return Response(_encode(connection.handshake(), jsonp_callback),
+                        content_type=content_type(jsonp_callback), headers=NO_CACHE)
+    poll = Poll(connection, environ, jsonp_callback)
     return DeferredResponse(poll.respond, content_type=content_type(jsonp_callback),
                             headers=NO_CACHE)
 
@@ -74,22 +74,19 @@ class Poll:
         connection: the client.
         environ: the WSGI environ of the request.
         jsonp_callback: the ``jsonpTransport`` parameter for JSONP, else ``None``.
-        carrier: the request's ``Carrier`` if it is attached already, else
-            one is made and attached here.
     """
     __slots__ = ("connection", "environ", "jsonp_callback", "carrier")
 
-    def __init__(self, connection: Connection, environ, jsonp_callback: str | None = None,
-                 carrier: Carrier | None = None):
+    def __init__(self, connection: Connection, environ: dict[str, Any],
+                 jsonp_callback: str | None = None):
         self.connection = connection
         self.environ = environ
         self.jsonp_callback = jsonp_callback
-        if carrier is None:
-            carrier = Carrier(socket_abort(environ))
-            connection.attach(carrier)
-        self.carrier = carrier
+        self.carrier = Carrier(socket_abort(environ))
+        connection.attach(self.carrier)
 
-    def respond(self, start_response, status: str, headers: list) -> list:
+    def respond(self, start_response: Callable[..., Any], status: str,
+                headers: list[tuple[str, str]]) -> Iterable[bytes]:
         """Answer the poll as a WSGI app would, with ``status`` and
         ``headers`` (``(name, value)`` strings, without a length).
 
@@ -111,8 +108,8 @@ class Poll:
         """
         connection, carrier, environ = self.connection, self.carrier, self.environ
         mailbox = connection.mailbox
-        limit = None if connection.track else 1
-        write_timeout = connection.atmosphere.settings(connection.app).write_timeout
+        limit = poll_limit(connection.track)
+        write_timeout = connection.settings.write_timeout
         batch = None
         failure = None
         answered, connection.poll_answered = connection.poll_answered, False
@@ -174,22 +171,28 @@ class Poll:
         then carries several messages; on a quiet server it waits for
         nothing."""
         connection = self.connection
-        wait = connection.atmosphere.settings(connection.app).long_poll_batch_wait
+        wait = connection.settings.long_poll_batch_wait
         if wait > 0:
             with gevent.Timeout(wait, False):
                 gevent.idle()
 
-    def _answer(self, batch) -> bytes | None:
+    def _answer(self, batch: list[tuple[int, Any]] | None) -> bytes | None:
         """The body for what ``take`` gave: ``None`` for nothing at all (the
         client is closed, or this poll was superseded and took nothing)."""
         if batch is None:
             return None
-        track = self.connection.track
+        connection = self.connection
+        track = connection.track
         callback = self.jsonp_callback
         if not batch:
-            return _encode(frame(HEARTBEAT_PADDING, track), callback)
-        if callback is None:  # each message framed once for all its clients
-            return b"".join(outbound.encoded(track) for _, outbound in batch)
+            return _encode(heartbeat_text(connection.params), callback)
+        if callback is None:  # one copy of each message's bytes
+            parts = []
+            for _, outbound in batch:
+                if track:
+                    parts.append(outbound.prefix(True))
+                parts.append(outbound.data)
+            return b"".join(parts)
         return _encode("".join(frame(o.text, track) for _, o in batch), callback)
 
 

@@ -5,12 +5,13 @@ message as one chunk (flushed at once), a heartbeat after a quiet period.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from ..connection import Carrier, Connection
 from ..mailbox import WRITE_BATCH, Outbound
-from ..protocol import HEARTBEAT_PADDING, frame, handshake_due
-from .http import LiveResponse, socket_abort, watch_eof
+from ..protocol import handshake_due, heartbeat_text
+from .responses import LiveResponse
+from .sockets import socket_abort, watch_eof
 
 __all__ = ["serve", "pump", "open_stream"]
 
@@ -22,8 +23,8 @@ LEGACY_SETTLE = 0.1
 
 
 def pump(connection: Connection, carrier: Carrier, write: Write,
-         encode: Callable[[int, Outbound], bytes], beat: bytes, heartbeat: float | None,
-         keep: bool = False) -> None:
+         encode: Callable[[int, Outbound], bytes], beat: bytes, heartbeat: float | None
+         ) -> None:
     """Write what the mailbox gives until it closes or another request takes
     the client over.
 
@@ -34,13 +35,12 @@ def pump(connection: Connection, carrier: Carrier, write: Write,
         encode: ``encode(seq, message)``, the bytes of one message.
         beat: the bytes of a heartbeat.
         heartbeat: seconds without a write before a heartbeat; ``None``: never.
-        keep: remember what was written (for a resume from ``Last-Event-ID``).
     Raises:
         OSError: a write failed; what was not written is queued again.
     """
     mailbox = connection.mailbox
     while connection.serves(carrier):
-        batch = mailbox.take(heartbeat, limit=WRITE_BATCH, keep=keep)
+        batch = mailbox.take(heartbeat, limit=WRITE_BATCH)
         if batch is None:
             return
         if not connection.serves(carrier):  # another request took over, or the peer left
@@ -62,32 +62,29 @@ def pump(connection: Connection, carrier: Carrier, write: Write,
         mailbox.written()
 
 
-def open_stream(connection: Connection, new: bool, environ, mimetype: str,
+def open_stream(connection: Connection, new: bool, environ: dict[str, Any], mimetype: str,
                 encode: Callable[[int, Outbound], bytes], encode_text: Callable[[str], bytes],
-                keep: bool = False, legacy_xhr: bool = False) -> LiveResponse:
+                legacy_xhr: bool = False) -> LiveResponse:
     """The response of a streaming transport: handshake (if due, §2.3), then
     the pumped messages and heartbeats, each as one flushed chunk.
 
     Args:
-        connection: the client; ``new`` if it gets ``Connected``.
+        connection: the client, ``Connected`` delivered already; ``new`` if
+            this request opened it.
         environ: the WSGI environ of the request.
         mimetype: the response's media type.
         encode: the bytes of one queued message (see :func:`pump`).
         encode_text: the bytes of one write of plain text (handshake, heartbeat).
-        keep: as for :func:`pump`.
         legacy_xhr: the legacy client reads this transport by XHR progress
             events (it does for streaming, not for SSE).
     """
-    settings = connection.atmosphere.settings(connection.app)
     carrier = Carrier(socket_abort(environ))
     connection.attach(carrier)
-    if new:
-        connection.open()
     track = connection.track
     hello = None
     if handshake_due(connection.params):
         hello = encode_text(connection.handshake())
-    beat = encode_text(frame(HEARTBEAT_PADDING, track))
+    beat = encode_text(heartbeat_text(connection.params))
     error: list = []
 
     # The legacy (2.x-4.x) XHR client reads a stream by progress events:
@@ -106,7 +103,7 @@ def open_stream(connection: Connection, new: bool, environ, mimetype: str,
                 write(hello)  # its own chunk, before anything else (§2.3)
             if settle and carrier.ended.wait(LEGACY_SETTLE):
                 return
-            pump(connection, carrier, write, encode, beat, connection.heartbeat_interval(), keep)
+            pump(connection, carrier, write, encode, beat, connection.heartbeat_interval())
         except OSError as exc:
             error.append(exc)
             raise
@@ -116,10 +113,10 @@ def open_stream(connection: Connection, new: bool, environ, mimetype: str,
     def done() -> None:
         connection.detach(carrier, error=error[0] if error else None)
 
-    return LiveResponse(body, done, settings.write_timeout, mimetype=mimetype)
+    return LiveResponse(body, done, connection.settings.write_timeout, mimetype=mimetype)
 
 
-def serve(connection: Connection, new: bool, environ):
+def serve(connection: Connection, new: bool, environ: dict[str, Any]) -> LiveResponse:
     """Serve ``connection`` with HTTP streaming: ``text/plain``, each write
     (length-framed if asked) as one chunk."""
     track = connection.track

@@ -1,43 +1,44 @@
 """The WebSocket transport (§4.1): one text frame per write, both ways.
 
-gevent-websocket's handler does the HTTP upgrade; from then on the socket is
-this module's: :class:`WebSocketPeer` reads with the sans-IO parser of
-:mod:`.wsframes` and writes frames itself.
+The endpoint hands this module an upgraded socket: upgraded by the view
+itself on ``atmosphere.run``'s server (``environ.UPGRADE_KEY``), or by
+gevent-websocket's handler before the app ran (gunicorn's worker). From then
+on the socket is this module's: :class:`WebSocketPeer` reads with the sans-IO
+parser of :mod:`.wsframes` and writes frames itself.
 
-An idle connection costs no greenlet when the server can hand its socket
-over (``atmosphere.run``, see ``server.AtmosphereServer``): the request's
-greenlet ends after ``Connected``, a libev io watcher calls back when the
-peer sends something, a timer sends the heartbeats, broadcasts write from
-the hub (``direct``), and a greenlet is spawned only while there is work
-for one: running the app's ``receive`` for inbound messages, or writing what
-the socket did not take at once. Under another server (gunicorn's
-gevent-websocket worker) the request's greenlet stays and reads; everything
-else is the same.
+An idle connection costs no greenlet when the socket is the peer's alone
+(*parked*, on ``atmosphere.run``'s server): the request's greenlet ends after
+``Connected``, a libev io watcher calls back when the peer sends something,
+a timer sends the heartbeats, broadcasts write from the hub (``direct``),
+and a greenlet is spawned only while there is work for one: running the
+app's ``receive`` for inbound messages, or writing what the socket did not
+take at once. Under gevent-websocket's handler the request's greenlet stays
+and reads; everything else is the same.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import socket
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import Timeout
 from gevent.event import Event
 from gevent.lock import Semaphore
-
-from ..connection import Carrier, Connection
+from ..connection import Carrier
 from ..mailbox import WRITE_BATCH, CloseRequest
-from ..protocol import HEARTBEAT_PADDING, frame, handshake_due
-from .wsframes import (FRAMING, PING, PONG, Close, FrameRefused, InboundFrames, Message, Ping,
-                       close_frame, encode_frame)
+from ..protocol import handshake_due, heartbeat_text
+from .wsframes import (FRAMING, Close, FrameRefused, InboundFrames, Message, Ping, close_frame,
+                       echo_close_code, encode_frame, ping_frame, pong_frame)
 
-__all__ = ["serve", "refuse", "read_buffered", "PARK_KEY", "WebSocketPeer"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..connection import Connection
+
+__all__ = ["serve", "refuse", "read_buffered", "WebSocketPeer", "PeerState"]
 
 log = logging.getLogger("flask_atmosphere")
-
-#: The WSGI environ key under which a server that can take a WebSocket's
-#: socket back from its request greenlet offers ``park(): (socket, buffered)``.
-PARK_KEY = "flask_atmosphere.park"
 
 #: Inbound messages waiting for the app before the peer is read no further.
 INBOUND_BACKLOG = 64
@@ -48,35 +49,29 @@ READ_SIZE = 65536
 _DONTWAIT = socket.MSG_DONTWAIT
 
 #: A ping frame (RFC 6455 §5.5.2), without payload.
-_PING = encode_frame(b"", PING)
+_PING = ping_frame()
 
 
-def serve(connection: Connection, new: bool, ws, environ: dict) -> None:
-    """Serve ``connection`` over the upgraded WebSocket ``ws``.
+def serve(connection: "Connection", new: bool, sock: Any, buffered: bytes, parked: bool) -> None:
+    """Serve ``connection`` over the upgraded socket ``sock``.
 
-    Returns when the connection ends, or at once after ``Connected`` if the
-    server took the socket back (``environ[PARK_KEY]``).
+    Returns when the connection ends, or at once after the start if the
+    socket is ``parked`` (the peer's alone: read from an io watcher).
 
     Args:
-        connection: the client's connection.
-        new: whether the connection is new (it gets ``Connected``) or a
-            client reconnecting with its tracking id.
-        ws: gevent-websocket's ``WebSocket`` from ``environ["wsgi.websocket"]``.
-        environ: the request's WSGI environ.
+        connection: the client's connection, ``Connected`` delivered already.
+        new: whether the connection was opened by this request (else the
+            client came back with its tracking id).
+        sock: the upgraded gevent socket.
+        buffered: bytes the peer sent right behind the upgrade request.
+        parked: whether nobody else reads the socket (and closes it).
     """
-    ws.closed = True  # gevent-websocket writes nothing more: the socket is ours
-    park = environ.get(PARK_KEY)
-    if park is not None:
-        sock, buffered = park()
-    else:
-        sock, buffered = ws.handler.socket, read_buffered(ws.handler.rfile)
-    peer = WebSocketPeer(connection, sock, parked=park is not None)
-    peer.start(new, buffered)
+    WebSocketPeer(connection, sock, parked).start(buffered)
 
 
-def refuse(ws, code: int, reason: str) -> None:
-    """Close an upgraded WebSocket that will not be served, with ``code``
-    (e.g. 1008, RFC 6455 §7.4.1) and ``reason``."""
+def refuse(ws: Any, code: int, reason: str) -> None:
+    """Close a WebSocket that gevent-websocket upgraded before the app could
+    refuse it, with ``code`` (RFC 6455 §7.4.1) and ``reason``."""
     if not ws.closed:
         ws.closed = True
         try:
@@ -85,7 +80,7 @@ def refuse(ws, code: int, reason: str) -> None:
             pass
 
 
-def read_buffered(rfile) -> bytes:
+def read_buffered(rfile: Any) -> bytes:
     """What the request's buffered reader already holds beyond the upgrade
     request (a peer that sent frames right behind it), without waiting."""
     sock = rfile.raw._sock
@@ -99,68 +94,106 @@ def read_buffered(rfile) -> bytes:
         sock.settimeout(timeout)
 
 
+class PeerState(enum.Enum):
+    """Where a :class:`WebSocketPeer` is in the closing handshake (RFC 6455 §7)."""
+    #: Frames flow both ways.
+    OPEN = "open"
+    #: The server's close frame went out (or is going): nothing may follow
+    #: it; the peer's close frame is awaited.
+    CLOSING = "closing"
+    #: The peer is gone, said goodbye, or was refused: nothing more is read,
+    #: and the socket is shut down as soon as no write is going out.
+    ENDED = "ended"
+    #: The close frame went out and the peer is gone.
+    CLOSED = "closed"
+
+
 class WebSocketPeer:
     """One WebSocket client's socket, read and written by this transport.
 
     Args:
-        connection: the client's connection.
+        connection: the client's connection: its mailbox, parameters and
+            settings (``write_timeout``, ``close_timeout``, ``max_message_size``).
         sock: the upgraded socket (a gevent socket).
         parked: whether the socket is this object's alone (no request
             greenlet behind it), so that it reads from an io watcher and
             closes the socket itself.
+        raw: the real socket under ``sock``, for non-blocking writes from the
+            hub (by default ``sock._sock``).
+
+    ``ready`` is read for every client of every broadcast, so it is a plain
+    attribute, kept up to date by :meth:`_set_ready`, its only writer: true
+    when nothing is queued or being written and the connection is open.
     """
     __slots__ = ("connection", "mailbox", "carrier", "sock", "raw", "ready", "inbound_frames",
-                 "lock", "parked", "heard", "pinged", "wrote", "close_sent", "ended", "watcher",
-                 "timer", "writer", "dispatcher", "inbound", "_ended_event", "write_timeout",
+                 "lock", "parked", "state", "heard", "pinged", "wrote", "watcher", "timer",
+                 "writer", "dispatcher", "inbound", "_closed_event", "write_timeout",
                  "close_timeout", "beat")
 
-    def __init__(self, connection: Connection, sock, parked: bool):
-        settings = connection.atmosphere.settings(connection.app)
+    def __init__(self, connection: "Connection", sock: Any, parked: bool, raw: Any = None):
+        settings = connection.settings
         self.connection = connection
         self.mailbox = connection.mailbox
         self.sock = sock
-        self.raw = sock._sock  # the real socket, for non-blocking writes from the hub
-        #: ``write_now`` may write: the mailbox is idle, no write holds the lock,
-        #: no close frame went out. Read for every client of every broadcast,
-        #: so it is one attribute of this object, kept up to date: set false
-        #: by ``wake`` (every change that makes the mailbox busy ends in one),
-        #: by taking the lock and by the close frame; recomputed by
-        #: ``_update_ready`` when a write ends. (A closed mailbox also clears
-        #: ``Connection.direct``, so nothing asks any more.)
+        self.raw = sock._sock if raw is None else raw
         self.ready = False
         self.inbound_frames = InboundFrames(settings.max_message_size)
         self.lock = Semaphore()  # writers take turns: frames never interleave
         self.parked = parked
+        self.state = PeerState.OPEN
         self.heard = True        # the peer sent something since the last ping
         self.pinged = False      # a ping is out
         self.wrote = False       # something was written since the last heartbeat
-        self.close_sent = False
-        self.ended = False
-        self.watcher = self.timer = self.writer = self.dispatcher = None
-        self.inbound: deque | None = None
-        self._ended_event: Event | None = None
+        self.watcher: Any = None
+        self.timer: Any = None
+        self.writer: gevent.Greenlet | None = None
+        self.dispatcher: gevent.Greenlet | None = None
+        self.inbound: deque[Any] | None = None
+        self._closed_event: Event | None = None
         self.write_timeout = settings.write_timeout
         self.close_timeout = settings.close_timeout
-        self.beat = (encode_frame(frame(HEARTBEAT_PADDING, connection.track).encode("utf-8"))
-                     if connection.params.is_atmosphere else None)  # its whole frame
+        params = connection.params
+        self.beat = (encode_frame(heartbeat_text(params).encode("utf-8"))
+                     if params.is_atmosphere else None)  # its whole frame
         self.carrier = Carrier(self.abort, self, FRAMING[connection.track], self.wake)
+
+    @property
+    def close_sent(self) -> bool:
+        """The server's close frame went out (or is going): nothing may follow."""
+        return self.state is PeerState.CLOSING or self.state is PeerState.CLOSED
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more is read: the peer is gone, said goodbye, or was refused."""
+        return self.state is PeerState.ENDED or self.state is PeerState.CLOSED
+
+    def _set_ready(self, ready: bool | None = None) -> None:
+        """The one place ``ready`` changes. ``False`` when a write starts
+        (``wake``, the lock taken, the close frame); else (``None``)
+        recomputed when a write ends: the mailbox is idle, no write holds the
+        lock, and no close frame went out. A closed mailbox also clears
+        ``Connection.direct``, so nothing asks any more."""
+        if ready is None:
+            ready = self.mailbox.idle and self.state is PeerState.OPEN and not self.lock.locked()
+        self.ready = ready
 
     # -- the life of the connection --------------------------------------------
 
-    def start(self, new: bool, buffered: bytes) -> None:
-        """Send the handshake (if due), attach, deliver ``Connected`` if
-        ``new``, and read: from a watcher if parked, else here until the end."""
+    def start(self, buffered: bytes) -> None:
+        """Send the handshake (if due), attach, and read: from a watcher if
+        parked, else here until the end."""
         connection = self.connection
         if handshake_due(connection.params):
             try:
                 self.sock.sendall(encode_frame(connection.handshake().encode("utf-8")))
             except OSError as exc:
+                self.state = PeerState.ENDED
                 self._close_socket()
                 connection.attach(self.carrier)
                 connection.detach(self.carrier, error=exc)  # gone before it started
                 return
         connection.attach(self.carrier)
-        self._update_ready()  # an earlier request's write may still be going out
+        self._set_ready()  # an earlier request's write may still be going out
         if len(connection.mailbox) or connection.mailbox.closed:
             self.wake()  # what was queued for the client meanwhile
         heartbeat = connection.heartbeat_interval()
@@ -168,8 +201,6 @@ class WebSocketPeer:
         if heartbeat is not None:
             self.timer = loop.timer(heartbeat, heartbeat)
             self.timer.start(self._heartbeat)
-        if new:
-            connection.open()
         if buffered:
             self._received(buffered)
         if self.parked:
@@ -224,17 +255,16 @@ class WebSocketPeer:
             if type(event) is Message:
                 self._inbound(event.text)
             elif type(event) is Ping:
-                self._control(encode_frame(event.payload, PONG))
+                self._control(pong_frame(event.payload))
             elif type(event) is Close:
                 self._stop_reading()
                 if not self.close_sent:  # echo the code (§5.5.1)
-                    code = 1000 if event.code in (1005, 1006, 1015) else event.code
-                    self._control(close_frame(code))
-                    self.close_sent = True
-                    self.ready = False
+                    self._control(close_frame(echo_close_code(event.code)))
+                    self.state = PeerState.CLOSING
+                    self._set_ready(False)
                 self._inbound(("end", True, None))
 
-    def _inbound(self, item) -> None:
+    def _inbound(self, item: Any) -> None:
         """Hand an inbound message (or the end) to the app, in order: at once
         in a request greenlet, else through a dispatcher greenlet."""
         if not self.parked:
@@ -250,15 +280,20 @@ class WebSocketPeer:
 
     def _dispatch(self) -> None:
         inbound = self.inbound
-        while inbound:
-            self._handle(inbound.popleft())
-            if len(inbound) < INBOUND_BACKLOG // 2 and self.watcher is not None \
-                    and not self.watcher.active and not self.ended:
-                self.watcher.start(self._readable)
-        self.dispatcher = None
-        self.inbound = None
+        try:
+            while inbound:
+                self._handle(inbound.popleft())
+                if len(inbound) < INBOUND_BACKLOG // 2 and self.watcher is not None \
+                        and not self.watcher.active and not self.ended:
+                    self.watcher.start(self._readable)
+        except BaseException as exc:  # noqa: B036 -- killed: end cleanly, never half-alive
+            self.abort()
+            self._end(False, exc)
+        finally:
+            self.dispatcher = None
+            self.inbound = None
 
-    def _handle(self, item) -> None:
+    def _handle(self, item: Any) -> None:
         if type(item) is str:
             if not self.ended:
                 self.connection.inbound(item)
@@ -268,23 +303,24 @@ class WebSocketPeer:
 
     def _end(self, gone: bool, error: BaseException | None) -> None:
         """The peer is gone, said goodbye, or was refused: stop, and let the
-        connection decide whether the client is gone (in a greenlet)."""
+        connection decide whether the client is gone."""
         if self.ended:
             return
-        self.ended = True
+        self.state = PeerState.CLOSED if self.close_sent else PeerState.ENDED
+        self._set_ready(False)
         self._stop_reading()
         if self.timer is not None:
             self.timer.close()
             self.timer = None
-        if self._ended_event is not None:
-            self._ended_event.set()
+        if self._closed_event is not None:
+            self._closed_event.set()
         connection = self.connection
         superseded = connection.carrier is not self.carrier
         connection.detach(self.carrier, gone=gone, error=error)
         if not superseded:
             connection.mailbox.interrupt()
-        if self.writer is None:
-            self._close_socket()  # else the writer closes it when done
+        if self.writer is None and not self.lock.locked():
+            self._close_socket()  # else the last write closes it when done
 
     def _stop_reading(self) -> None:
         if self.watcher is not None:
@@ -292,6 +328,14 @@ class WebSocketPeer:
             self.watcher = None
 
     def _close_socket(self) -> None:
+        """Shut the socket down: the server closes the TCP connection first
+        once the closing handshake is done (RFC 6455 §7.1.1), so the peer
+        sees the FIN at once, not when the garbage collector gets to the
+        socket; then close it if it is ours alone."""
+        try:
+            self.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         if self.parked:
             try:
                 self.sock.close()
@@ -329,13 +373,9 @@ class WebSocketPeer:
         self.wrote = True
         if sent != len(data):
             self.lock.acquire()  # free (ready): nothing may write until the rest is out
-            self.ready = False
+            self._set_ready(False)
             gevent.spawn(self._finish_write, memoryview(data)[sent:])
         return True
-
-    def _update_ready(self) -> None:
-        """Recompute ``ready`` from what it stands for (after a write, or on attaching)."""
-        self.ready = self.mailbox.idle and not self.close_sent and not self.lock.locked()
 
     def _control(self, data: bytes) -> None:
         """Send a control frame (pong, close echo), unless the close frame
@@ -358,11 +398,19 @@ class WebSocketPeer:
             self.lock.release()
             return False
         if sent == len(data):
-            self.lock.release()
+            self._released()
         else:
-            self.ready = False
+            self._set_ready(False)
             gevent.spawn(self._finish_write, memoryview(data)[sent:])
         return True
+
+    def _released(self) -> None:
+        """A write ended: let the next one go, and shut the socket down if
+        the connection ended meanwhile."""
+        self.lock.release()
+        self._set_ready()
+        if self.ended and self.writer is None:
+            self._close_socket()
 
     def _finish_write(self, rest: memoryview) -> None:
         try:
@@ -371,8 +419,7 @@ class WebSocketPeer:
         except OSError:
             self.abort()  # half a frame is on the wire: the connection is spoiled
         finally:
-            self.lock.release()
-            self._update_ready()
+            self._released()
 
     def _send_later(self, data: bytes) -> None:
         try:
@@ -388,18 +435,17 @@ class WebSocketPeer:
                 ``ATMOSPHERE_WRITE_TIMEOUT`` (the peer stopped reading).
         """
         self.lock.acquire()
-        self.ready = False
+        self._set_ready(False)
         try:
             with Timeout(self.write_timeout, OSError("write timed out")):
                 self.sock.sendall(data)
         finally:
-            self.lock.release()
-            self._update_ready()
+            self._released()
 
     def wake(self) -> None:
         """``Carrier.wake``: the mailbox got something, closed, or another
         request took the client over; a writer greenlet sees to it."""
-        self.ready = False  # until the writer is done
+        self._set_ready(False)  # until the writer is done
         if self.writer is None and not self.ended:
             self.writer = gevent.spawn(self._write)
 
@@ -418,6 +464,7 @@ class WebSocketPeer:
                 batch = mailbox.take(None, limit=WRITE_BATCH)
                 if batch is None:
                     request = mailbox.close_request
+                    assert request is not None
                     self._say_goodbye(request.code, request.reason)
                     return
                 if not batch:
@@ -439,27 +486,29 @@ class WebSocketPeer:
             self.abort()
         finally:
             self.writer = None
-            self._update_ready()
-            if self.ended:
+            self._set_ready()
+            if self.ended and not self.lock.locked():
                 self._close_socket()
 
     def _say_goodbye(self, code: int, reason: str) -> None:
         """Send a close frame, wait for the peer's (up to
         ``ATMOSPHERE_CLOSE_TIMEOUT``), then cut the socket."""
         if not self.close_sent:
-            self.close_sent = True  # before the send: nothing may follow the frame
+            ended = self.ended
+            self.state = PeerState.CLOSED if ended else PeerState.CLOSING
+            self._set_ready(False)  # before the send: nothing may follow the frame
             self._send(close_frame(code, reason))
         if not self.ended:
-            self._ended_event = Event()
-            if not self._ended_event.wait(self.close_timeout):
+            self._closed_event = Event()
+            if not self._closed_event.wait(self.close_timeout):
                 self.abort()
 
     def _heartbeat(self) -> None:
         """The heartbeat timer (``ATMOSPHERE_HEARTBEAT_INTERVAL``), on the
         hub: cut a peer that did not answer the last ping; else ping it
         (browsers answer by themselves), and send an Atmosphere client that
-        got nothing since the last heartbeat the heartbeat ``X`` (§5.1)."""
-        if self.ended or self.close_sent:
+        got nothing since the last heartbeat a heartbeat (§5.1)."""
+        if self.state is not PeerState.OPEN:
             return
         if self.pinged and not self.heard:
             connection = self.connection

@@ -13,11 +13,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from geventwebsocket.websocket import Header
+from typing import TYPE_CHECKING, Sequence
+
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..mailbox import Outbound
+
 __all__ = ["Message", "Ping", "Close", "FrameRefused", "InboundFrames", "encode_frame",
-           "close_frame", "WebSocketFraming", "FRAMING", "TEXT", "PING", "PONG", "CLOSE"]
+           "close_frame", "WebSocketFraming", "FRAMING", "TEXT", "PING", "PONG", "CLOSE",
+           "sendable_close_code", "echo_close_code", "frame_header", "ping_frame", "pong_frame"]
 
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
 
@@ -132,16 +137,55 @@ class InboundFrames:
             raise FrameRefused(1007, "binary message is not UTF-8 text") from None
 
 
+#: Serializes the server's control frames (close, ping, pong); stateless for them.
+_SERVER = FrameProtocol(client=False, extensions=[])
+
+
+def frame_header(length: int, opcode: int = TEXT) -> bytes:
+    """The header of one unmasked, final server frame (RFC 6455 §5.2) whose
+    payload is ``length`` bytes. Made here rather than by wsproto, whose
+    ``send_data`` copies every payload into a new ``bytearray``: a
+    broadcast's frames are made once per message and written to every socket."""
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
+
+
 def encode_frame(payload: bytes, opcode: int = TEXT) -> bytes:
-    """One unmasked, final server frame (RFC 6455 §5.2) carrying ``payload``:
-    a broadcast encodes it once and writes the same bytes to every socket."""
-    return bytes(Header.encode_header(True, opcode, b"", len(payload), 0)) + payload
+    """One unmasked, final server frame (RFC 6455 §5.2) carrying ``payload``."""
+    return frame_header(len(payload), opcode) + payload
+
+
+def sendable_close_code(code: int) -> bool:
+    """Whether a server may send ``code`` in a close frame (RFC 6455 §7.4.1,
+    §7.4.2): 1000-1003, 1007-1014 and 3000-4999; never 1005, 1006 or 1015,
+    which only say that no code came."""
+    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def echo_close_code(code: int) -> int:
+    """The code to answer a peer's close frame with (RFC 6455 §5.5.1): its
+    own, or 1000 for one that carried none it may have sent (1005, 1006, 1015)."""
+    return code if sendable_close_code(code) else 1000
+
+
+def ping_frame(payload: bytes = b"") -> bytes:
+    """A ping frame (RFC 6455 §5.5.2), by wsproto."""
+    return bytes(_SERVER.ping(payload))
+
+
+def pong_frame(payload: bytes) -> bytes:
+    """A pong frame answering a ping with ``payload`` (RFC 6455 §5.5.3), by wsproto."""
+    return bytes(_SERVER.pong(payload))
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    """A close frame with ``code`` and ``reason`` (at most 123 bytes of UTF-8
-    are kept, RFC 6455 §5.5)."""
-    return encode_frame(struct.pack("!H", code) + reason.encode("utf-8")[:123], CLOSE)
+    """A close frame with ``code`` and ``reason``, the reason cut to at most
+    123 bytes of UTF-8 on a character boundary (RFC 6455 §5.5), by wsproto."""
+    return bytes(_SERVER.close(code, reason))
 
 
 class WebSocketFraming:
@@ -158,12 +202,18 @@ class WebSocketFraming:
     def __init__(self, track: bool):
         self.track = track
 
-    def encode(self, outbounds) -> bytes:
-        """The frames of ``outbounds`` (a list of ``Outbound``), one after another."""
+    def encode(self, outbounds: Sequence["Outbound"]) -> bytes:
+        """The frames of ``outbounds``, one after another, in one copy of
+        their bytes."""
         track = self.track
-        if len(outbounds) == 1:
-            return encode_frame(outbounds[0].encoded(track))
-        return b"".join([encode_frame(outbound.encoded(track)) for outbound in outbounds])
+        parts = []
+        for outbound in outbounds:
+            prefix = outbound.prefix(track)
+            parts.append(frame_header(len(prefix) + len(outbound.data)))
+            if prefix:
+                parts.append(prefix)
+            parts.append(outbound.data)
+        return b"".join(parts)
 
 
 #: The two framings, by ``X-Atmosphere-TrackMessageSize``.

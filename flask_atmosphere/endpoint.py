@@ -1,0 +1,314 @@
+"""The endpoint: the view of every atmosphere route, from a request to the
+transport that serves it.
+
+It gathers what a request says (method, upgrade, Atmosphere parameters,
+origin, resume key), asks ``decisions.py`` what to do, and acts: a refusal,
+a preflight, a goodbye, a message upstream, or a client opened or resumed on
+a transport (``transports/``), which then carries the client's messages.
+The lean path (``lean.py``) answers the polls of known clients in front of
+Flask with the same decisions.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from flask import Response, current_app, request, session
+from werkzeug.datastructures import EnvironHeaders
+
+from .admission import (app_refusal, binding_matches, cors_headers, new_resume_key, origin_refusal,
+                        own_origin, preflight, resume_cookie, resume_key)
+from .client import ConnectRequest, ReadOnlySession
+from .connection import Connection
+from .decisions import (NOT_UPGRADED, Ask, Kind, Open, Refusal, Resume, classify, client_for,
+                        parameter_refusal)
+from .environ import GEVENT_WEBSOCKET_KEY, SOCKET_KEY, UPGRADE_KEY
+from .protocol import PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, new_tracking_id, parse_params
+from .registry import normalize_path
+from . import lean
+from .transports import longpolling, sse, streaming, websocket
+from .transports.responses import (NO_CACHE, UpgradedResponse, empty_response,
+                                   refusal_response)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
+    from .extension import Atmosphere, Route
+
+__all__ = ["serve"]
+
+log = logging.getLogger("flask_atmosphere")
+
+#: The environ keys kept for the request context ``receive`` runs in: what
+#: routing, ``url_for``, ``request.headers`` and ``request.remote_addr`` read.
+_KEPT_KEYS = ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "SERVER_NAME",
+              "SERVER_PORT", "SERVER_PROTOCOL", "REMOTE_ADDR", "REMOTE_PORT", "wsgi.url_scheme",
+              "wsgi.version", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
+              "wsgi.errors")
+
+
+def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
+    """Serve the current Flask request on ``route``."""
+    settings = atmosphere.settings()
+    environ = request.environ
+    upgraded = environ.get(GEVENT_WEBSOCKET_KEY)  # gevent-websocket upgraded it already
+    wants_websocket = upgraded is not None or (
+        request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket")
+    try:
+        params = parse_params(request.args, request.headers)
+    except ProtocolError as exc:
+        log.info("refused %s %s: %s", request.method, request.path, exc)
+        return _refuse(parameter_refusal(exc), upgraded)
+    ask = classify(request.method, wants_websocket,
+                   upgraded is not None or UPGRADE_KEY in environ, params,
+                   "X-Atmosphere-Post-Body" in request.args, settings.transports)
+    if isinstance(ask, Refusal):
+        return _refuse(ask, upgraded)
+    if ask.kind is Kind.PREFLIGHT:
+        headers = preflight(settings)
+        if isinstance(headers, Refusal):
+            return _refuse(headers, None)
+        return Response(status=204, headers=headers)
+    refused = origin_refusal(settings, page=ask.transport == "jsonp"
+                             or "X-Atmosphere-Post-Body" in request.args)
+    if refused is None:
+        atmosphere.broadcaster.attach(gevent.get_hub())
+        if ask.kind is Kind.GOODBYE:
+            response = _goodbye(atmosphere, settings, params)
+        elif ask.kind is Kind.MESSAGE:
+            response = _message(atmosphere, settings, route, params)
+        elif ask.kind is Kind.PROBE:
+            refused = atmosphere.registry.closed(params.tracking_id) \
+                or app_refusal(atmosphere, settings, new=True)
+            response = _refuse(refused or NOT_UPGRADED, upgraded)
+        else:
+            response = _open(atmosphere, settings, route, params, ask, upgraded)
+    else:
+        atmosphere.counters.add("refused")
+        response = _refuse(refused, upgraded)
+    response.headers.update(cors_headers(settings))
+    return response
+
+
+def _refuse(refusal: Refusal, upgraded: Any) -> Response:
+    """The answer to ``refusal``; on a socket upgraded already, a close
+    frame with the refusal's close code."""
+    if upgraded is not None:
+        websocket.refuse(upgraded, refusal.websocket_close_code(), refusal.reason)
+        return Response()
+    return refusal_response(refusal)
+
+
+# -- which client --------------------------------------------------------------
+
+def _existing(atmosphere: "Atmosphere", settings: "Settings", params: AtmosphereParams
+              ) -> tuple[Connection | None, Resume | Open | Refusal]:
+    """The live client a request may act for, and what ``decisions.client_for``
+    says of it."""
+    tracking_id = params.tracking_id
+    registry = atmosphere.registry
+    holder = registry.get(tracking_id) if tracking_id != "0" else None
+    held = holder is not None and not holder.finished
+    resumable = held and holder is not None and holder.path == normalize_path(request.path) \
+        and binding_matches(holder.binding, resume_key(settings))
+    decision = client_for(tracking_id, held, resumable, registry.closed(tracking_id))
+    return (holder if isinstance(decision, Resume) else None), decision
+
+
+def _new_connection(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
+                    params: AtmosphereParams, uuid: str | None, transport: str,
+                    can_set_cookie: bool) -> tuple[Connection, list[tuple[str, str]]]:
+    """A new client for the current request, with the ``Set-Cookie``
+    headers its answer must carry (a resume key it does not have yet).
+
+    It is bound to the resume key the request brings, or to a new one that
+    its answer gives; not bound at all (anyone with its tracking id may act
+    for it) if the answer cannot carry the cookie, or if it goes to a
+    foreign page that brought none (its browser may not send it back).
+    """
+    key = resume_key(settings)
+    headers: list[tuple[str, str]] = []
+    binding = key
+    if key is None and settings.resume_cookie is not None:
+        new_key = new_resume_key()
+        foreign = request.headers.get("Origin") not in (None, own_origin())
+        if can_set_cookie:
+            headers.append(("Set-Cookie", resume_cookie(settings, new_key)))
+            binding = None if foreign else new_key
+    environ = {key_: request.environ[key_] for key_ in _KEPT_KEYS if key_ in request.environ}
+    environ.update((name, value) for name, value in request.environ.items()
+                   if name.startswith("HTTP_"))
+    connect_request = ConnectRequest(
+        path=normalize_path(request.path),
+        view_args=dict(request.view_args or {}),
+        args={k: v for k, v in request.args.items() if k.lower() not in PROTOCOL_PARAMS},
+        headers=EnvironHeaders(environ),
+        remote_addr=request.remote_addr,
+        transport=transport,
+    )
+    frozen = ReadOnlySession(session, bool(getattr(session, "permanent", False)))
+    connection = Connection(atmosphere, current_app._get_current_object(), settings, route,
+                            uuid or new_tracking_id(), params, connect_request, frozen, environ,
+                            binding)
+    if params.offset:  # a client that comes back too late counts on from where it was
+        connection.mailbox.next_seq = params.offset + 1
+    return connection, headers
+
+
+# -- opening a transport -------------------------------------------------------
+
+def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
+          params: AtmosphereParams, ask: Ask, upgraded: Any) -> Response:
+    """Open or resume a client on ``ask.transport``."""
+    transport = ask.transport
+    assert transport is not None
+    existing, decision = _existing(atmosphere, settings, params)
+    if isinstance(decision, Refusal):
+        return _refuse(decision, upgraded)
+    refused = app_refusal(atmosphere, settings, new=existing is None)
+    if refused is not None:
+        atmosphere.counters.add("refused")
+        return _refuse(refused, upgraded)
+    offset = params.offset
+    if transport == "sse" and offset is None:
+        last_event_id = request.headers.get("Last-Event-ID", "")
+        offset = int(last_event_id) if last_event_id.isdigit() else None
+    if existing is not None:
+        existing.resume(params, offset)
+        connection, new, cookies = existing, False, []
+    else:
+        assert isinstance(decision, Open)
+        connection, cookies = _new_connection(atmosphere, settings, route, params,
+                                              decision.uuid, transport,
+                                              can_set_cookie=upgraded is None)
+        new = True
+        if transport == "sse":
+            connection.keep_history()
+        refused = connection.open()
+        if refused is not None:
+            return _refuse(refused, upgraded)
+    if transport == "websocket":
+        return _websocket(connection, new, upgraded, cookies)
+    if transport == "streaming":
+        response = streaming.serve(connection, new, request.environ)
+    elif transport == "sse":
+        response = sse.serve(connection, new, request.environ)
+    else:
+        callback = request.args.get("jsonpTransport", "atmosphere") if transport == "jsonp" \
+            else None
+        lean.remember(connection, request.environ, own_origin())  # its next polls may go lean
+        response = longpolling.serve(connection, new, request.environ, callback)
+    for name, value in cookies:
+        response.headers.add(name, value)
+    return response
+
+
+def _websocket(connection: Connection, new: bool, upgraded: Any,
+               headers: list[tuple[str, str]]) -> Response:
+    """Upgrade (unless the server did already) and serve ``connection``."""
+    if upgraded is not None:
+        upgraded.closed = True  # gevent-websocket writes nothing more: the socket is ours
+        sock = upgraded.handler.socket
+        websocket.serve(connection, new, sock, websocket.read_buffered(upgraded.handler.rfile),
+                        parked=False)
+        return Response()
+    try:
+        sock, buffered = request.environ[UPGRADE_KEY](headers)
+    except OSError as exc:
+        connection.detach(None, error=exc)  # gone before the upgrade went out
+        return UpgradedResponse()
+    websocket.serve(connection, new, sock, buffered, parked=True)
+    return UpgradedResponse()
+
+
+# -- messages and goodbyes -------------------------------------------------------
+
+def _read_body(limit: int) -> bytes | None:
+    """The request body, at most ``limit + 1`` bytes: read up to its
+    ``Content-Length`` and never further, whatever the server's input stream
+    does past it (pywsgi's, for a request that says ``Connection: upgrade``,
+    has no end). A chunked body is read through the server's stream.
+    ``None`` if the peer left before it was all there."""
+    environ = request.environ
+    stream = environ["wsgi.input"]
+    length = request.content_length
+    if length is None:
+        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() != "chunked":
+            return b""
+        return request.stream.read(limit + 1)
+    want = min(length, limit + 1)
+    parts, got = [], 0
+    while got < want:
+        piece = stream.read(want - got)
+        if not piece:
+            return None
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
+def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
+             params: AtmosphereParams) -> Response:
+    """One message upstream (§4.6): a POST body, or JSONP's
+    ``X-Atmosphere-Post-Body``. Decoded as UTF-8 whatever the Content-Type
+    says (Appendix C). Answered with an empty 200 once ``receive`` is done."""
+    limit = settings.max_message_size
+    post_body = request.args.get("X-Atmosphere-Post-Body")
+    if post_body is not None:
+        text = post_body
+    else:
+        if (request.content_length or 0) > limit:
+            return _too_big(limit)
+        data = _read_body(limit)
+        if data is None:
+            return refusal_response(Refusal(400, "the message ended early"))
+        if len(data) > limit:
+            return _too_big(limit)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            log.info("refused a message to %s: not UTF-8", request.path)
+            return refusal_response(Refusal(400, "the message is not UTF-8 text"))
+    if len(text.encode("utf-8", "surrogatepass")) > limit:
+        return _too_big(limit)
+    existing, decision = _existing(atmosphere, settings, params)
+    if isinstance(decision, Refusal):
+        return refusal_response(decision)
+    refused = app_refusal(atmosphere, settings, new=existing is None)
+    if refused is not None:
+        atmosphere.counters.add("refused")
+        return refusal_response(refused)
+    if existing is not None:
+        existing.inbound(text)
+        return empty_response()
+    # A client nobody knows yet gets a fresh state, as Java does: it is
+    # opened here and waits for its own GET within the grace period (or
+    # ends at once if it cannot come back).
+    assert isinstance(decision, Open)
+    connection, cookies = _new_connection(atmosphere, settings, route, params, decision.uuid,
+                                          params.transport or "polling", can_set_cookie=True)
+    refused = connection.open()
+    if refused is not None:
+        return refusal_response(refused)
+    connection.inbound(text)
+    connection.detach(None)
+    response = empty_response()
+    for name, value in cookies:
+        response.headers.add(name, value)
+    return response
+
+
+def _too_big(limit: int) -> Response:
+    log.info("refused a message to %s: more than %d bytes", request.path, limit)
+    return refusal_response(Refusal(413, f"message larger than {limit} bytes"))
+
+
+def _goodbye(atmosphere: "Atmosphere", settings: "Settings", params: AtmosphereParams
+             ) -> Response:
+    """``X-Atmosphere-Transport=close`` (§4.7): the client leaves now; a held
+    request of it is answered. An unknown tracking id, or one this request
+    may not act for, changes nothing: the answer is the same empty 200."""
+    existing, _ = _existing(atmosphere, settings, params)
+    if existing is not None:
+        existing.finish()
+    return Response("", mimetype="text/plain", headers=NO_CACHE)
