@@ -47,14 +47,14 @@ class ReadOnlySession(Mapping[str, Any]):
         data: the session's items.
         permanent: whether the session was permanent.
     """
-    __slots__ = ("_data", "permanent")
+    __slots__ = ("_data", "permanent", "accessed")
     new = False
     modified = False
-    accessed = False
 
     def __init__(self, data: Mapping[str, Any], permanent: bool = False):
         self._data = dict(data)
         self.permanent = permanent
+        self.accessed = False  # Flask marks it
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]

@@ -5,11 +5,16 @@ A route has one wire format (``@atmosphere.route(rule, wire_format=...)``);
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import simplejson
 
 from .events import JsonMessage, TextMessage
+from .protocol import scrub_surrogates
+
+#: A JSON escape of a UTF-16 surrogate, which may stand alone (``"\\ud83d"``).
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 __all__ = ["WireFormat", "JsonWireFormat", "TextWireFormat"]
 
@@ -39,18 +44,23 @@ class JsonWireFormat(WireFormat):
 
     Inbound text that parses as a JSON object or array is a ``JsonMessage``;
     anything else, JSON scalars and malformed JSON included, is a
-    ``TextMessage``. Outbound, a ``str`` goes out as it is and anything else
-    (``dict``, ``list``, numbers, …) as compact JSON, with non-ASCII characters
-    kept as they are (the transports send UTF-8).
+    ``TextMessage``. A lone surrogate that a JSON escape makes (``"\\ud83d"``,
+    which browsers can send and no UTF-8 can carry) arrives as U+FFFD.
+    Outbound, a ``str`` goes out as it is and anything else (``dict``,
+    ``list``, numbers, …) as compact JSON, with non-ASCII characters kept as
+    they are (the transports send UTF-8).
     """
 
-    def parse(self, text):
+    def parse(self, text: str) -> TextMessage | JsonMessage:
         stripped = text.lstrip()
         if stripped[:1] in ("{", "["):
             try:
-                return JsonMessage(simplejson.loads(text))
+                value = simplejson.loads(text)
             except (ValueError, RecursionError):
-                pass
+                return TextMessage(text)
+            if _ESCAPED_SURROGATE.search(text):
+                value = _scrubbed(value)
+            return JsonMessage(value)
         return TextMessage(text)
 
     def render(self, message):
@@ -82,3 +92,15 @@ class TextWireFormat(WireFormat):
 
     def __hash__(self):
         return hash(type(self))
+
+
+def _scrubbed(value: Any) -> Any:
+    """``value`` (parsed JSON) with every lone surrogate in its strings, keys
+    included, replaced by U+FFFD."""
+    if isinstance(value, str):
+        return scrub_surrogates(value)
+    if isinstance(value, list):
+        return [_scrubbed(item) for item in value]
+    if isinstance(value, dict):
+        return {_scrubbed(key): _scrubbed(item) for key, item in value.items()}
+    return value

@@ -63,8 +63,8 @@ class PollClient:
     :meth:`poll` returns the messages of one held GET."""
 
     def __init__(self, base: str, path: str, track: bool = True, framework: str = "5.0.7",
-                 acks: bool = False):
-        self.http = requests.Session()
+                 acks: bool = False, http: requests.Session | None = None):
+        self.http = http or requests.Session()
         self.url = base + path
         self.track = track
         self.framework = framework

@@ -9,6 +9,7 @@
  *     const chat = new AtmosphereClient('/the-chat', { transport: 'websocket' });
  *     chat.on('open', transport => console.log('connected over', transport));
  *     chat.on('message', text => console.log('got', text));
+ *     chat.on('refused', ({status, reason}) => console.log('not let in:', status, reason));
  *     chat.connect();
  *     chat.send({ author: 'me', message: 'hi' });   // objects are JSON.stringify'd
  *
@@ -16,19 +17,44 @@
  * official clients' wire protocol that flask-atmosphere follows.
  *
  * How a connection works, in short:
- *   1. Every request carries the Atmosphere parameters in its query string (§1.1).
+ *   1. Every request carries the Atmosphere parameters in its query string
+ *      (§1.1), and `X-Atmosphere-Offset=<n>`: how many messages the client got
+ *      from its current tracking id (a flask-atmosphere extension, see 6.).
  *   2. The server's first message is the handshake `<uuid>|<heartbeatMs>|<padding>|`,
  *      length-framed like every other message (§2.2, §2.4); the uuid becomes the
- *      tracking id of every later request, and `open` fires.
+ *      tracking id of every later request, and `open` fires. A handshake with
+ *      another uuid than the client had starts a new session: the count of
+ *      messages starts again at 0.
  *   3. Everything the server writes is framed as `<length>|<payload>` where the
  *      length counts UTF-16 code units, i.e. JavaScript string length (§3).
- *      Messages equal to the heartbeat padding (`X`) are heartbeats and dropped.
+ *      Whitespace between frames is a heartbeat: no message, but it shows the
+ *      connection is alive. With a non-empty padding in the handshake (e.g. `X`
+ *      from a Java server), messages equal to the padding are heartbeats too and
+ *      dropped; flask-atmosphere names an empty padding, so every framed message
+ *      is delivered, even `X` or an empty one.
  *   4. Messages go upstream as WebSocket text frames, or as POSTs to the same
- *      URL for the HTTP transports (§4.1, §4.6).
+ *      URL for the HTTP transports (§4.1, §4.6). Client heartbeats (only if the
+ *      handshake asks for them) are the padding, so possibly empty.
  *   5. Transports are tried in order (websocket, sse, streaming, long-polling);
  *      one that fails before it opens makes way for the next (§7.3). A connection
  *      that drops after it opened is reconnected with the same tracking id, with
  *      exponential backoff (§7.3).
+ *   6. Acknowledgements: since every request says how many messages the client
+ *      got, a flask-atmosphere server sends again, first and in order, what it
+ *      sent after that: whatever a drop lost arrives once, in order.
+ *   7. Refusals: the server refuses with an HTTP status, the reason in the
+ *      `X-Atmosphere-error` header (and the body), maybe `Retry-After` (§8.1):
+ *        - 4xx but 408 and 429 (not allowed, not logged in, 410: the app closed
+ *          this client): the client stops for good, state 'closed', and emits
+ *          `error` (err.status, err.reason) and `refused` ({status, reason, transport});
+ *        - 429, 503: try later: the next attempt waits at least `Retry-After`;
+ *        - 501: the transport is not available: the next one is tried (if none
+ *          is left, it is a refusal);
+ *        - anything else: the usual reconnect.
+ *      A browser hides the status of a failed WebSocket or EventSource, so the
+ *      client then sends a probe: a GET of the same URL with
+ *      `X-Atmosphere-Transport=websocket` and no upgrade, which the server
+ *      answers with the refusal, if any, else 501.
  */
 (function (global) {
   'use strict';
