@@ -28,16 +28,24 @@ class Decoder:
             return [] if text.strip() in ("", "X") else [text]
         data = self.partial + text
         out = []
+        if data.isascii():  # one code unit per character: an index, no copies
+            pos, end = 0, len(data)
+            while True:
+                while pos < end and data[pos] in " \t\r\n":  # an acknowledging client's heartbeat
+                    pos += 1
+                bar = data.find("|", pos)
+                if bar < 0:
+                    break
+                n, start = int(data[pos:bar]), bar + 1
+                if end - start < n:
+                    break
+                out.append(data[start:start + n])
+                pos = start + n
+            data = data[pos:]
         while "|" in data:
-            data = data.lstrip()  # whitespace between frames: an acknowledging client's heartbeat
+            data = data.lstrip()
             head, _, rest = data.partition("|")
             n = int(head)
-            if rest.isascii():  # one code unit per character
-                if len(rest) < n:
-                    break
-                out.append(rest[:n])
-                data = rest[n:]
-                continue
             units = rest.encode("utf-16-le")
             if len(units) < 2 * n:
                 break

@@ -1,12 +1,15 @@
 """Bad input is answered per the protocol, logged once, and hurts nobody else."""
 import logging
+import socket
 
 import pytest
+import requests
 from websocket import ABNF
 
-from conftest import WSClient
+from conftest import TIMEOUT, WSClient
+from http_clients import PollClient
 from test_websocket import connect, events_of, live, make_app  # noqa: F401 (live: both servers)
-from flask_atmosphere import Disconnected, ServerDisconnected
+from flask_atmosphere import Disconnected, ServerDisconnected, TextMessage
 
 
 def send_raw(client: WSClient, payload: bytes, opcode=ABNF.OPCODE_TEXT, rsv1=0):
@@ -69,3 +72,20 @@ def test_a_peer_close_code_is_echoed(live, recorder):
     frame = client.ws.recv_frame()
     assert frame.opcode == ABNF.OPCODE_CLOSE
     assert int.from_bytes(frame.data[:2], "big") == 4321
+
+
+def test_a_post_that_says_connection_upgrade_is_read_to_its_length_only(live, recorder):
+    # nginx's usual WebSocket recipe sends "Connection: upgrade" on every request.
+    app, _ = make_app(recorder)
+    server = live(app)
+    client = PollClient(f"http://127.0.0.1:{server.port}", "/chat")
+    client.poll()  # its greeting
+    query = requests.compat.urlencode(client.query())
+    cookie = "; ".join(f"{k}={v}" for k, v in client.http.cookies.items())
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    sock.sendall(f"POST /chat?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: upgrade\r\n"
+                 f"Cookie: {cookie}\r\nContent-Length: 2\r\n\r\nhi".encode())
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")  # at once, not when a proxy gives up
+    assert client.poll() == ["hi"]  # delivered once
+    assert [e for e in events_of(recorder, client.uuid) if isinstance(e, TextMessage)] == \
+        [TextMessage("hi")]

@@ -73,6 +73,12 @@
   /** The heartbeat padding until the handshake names another one (§5.1). */
   const DEFAULT_PADDING = 'X';
 
+  /**
+   * The transports whose failure hides the HTTP status from the page: when
+   * one of them fails before it opens, a probe asks the server why.
+   */
+  const PROBED = { websocket: true, sse: true };
+
   /** The transports, in the default order of negotiation (§7). */
   const TRANSPORTS = ['websocket', 'sse', 'streaming', 'long-polling'];
 
@@ -83,6 +89,9 @@
    * handshake, a hazard of the official 5.x client after reconnects (§2.7).
    */
   const HANDSHAKE = /^([A-Za-z0-9_-]{1,128})\|(\d+)\|([^|]*)\|$/;
+
+  /** ms the probe of a failed WebSocket or SSE may take when connectTimeout is 0. */
+  const PROBE_TIMEOUT = 10000;
 
   const DEFAULTS = {
     transport: null,          // the transport to start with; null: the first of `transports`
@@ -95,8 +104,9 @@
     maxReconnectInterval: 30000, // ms: the cap of the backoff
     maxReconnectAttempts: Infinity, // consecutive failed attempts before giving up
     connectTimeout: 10000,    // ms a transport may take to open before the next is tried
-    inactivityTimeout: 0,     // ms without any data (heartbeats count) before
-                              // the connection is considered dead; 0: never
+    inactivityTimeout: 0,     // ms without any data (heartbeats, whitespace
+                              // included, count) before the connection is
+                              // considered dead; 0: never
     withCredentials: false,   // send cookies cross-origin (fetch, EventSource)
     closeOnUnload: true,      // close the connection when the page goes away
   };
@@ -112,6 +122,9 @@
    * long-poll bodies); a piece may hold several messages or part of one. The
    * length counts UTF-16 code units, which is exactly what JavaScript's
    * String length and slice() count, so no encoding work is needed (§3.1).
+   * Whitespace between frames (padding, or a heartbeat of a server that
+   * receives acknowledgements) is skipped: a piece that is only whitespace
+   * completes no message.
    */
   class FrameParser {
     constructor() {
@@ -172,6 +185,10 @@
       this.open = false; // set by the client once the handshake arrived
       this.up = false;   // the transport itself is connected (socket open, headers in)
       this.dead = false;
+      // The next message may be a handshake: the first of the link (of each
+      // answered poll, for long-polling) (§2.3, §2.7). Later ones never are,
+      // so that an application message is not taken for one.
+      this.fresh = true;
     }
 
     /** The connection URL, with the current tracking id (§1.1). */
@@ -183,10 +200,14 @@
       if (!this.dead) this.client._received(this, text);
     }
 
-    failed(reason) {
+    /**
+     * The link ended. `refusal`, when the server answered with an error
+     * status: {status, reason, retryAfter (ms)}.
+     */
+    failed(reason, refusal) {
       if (this.dead) return;
       this.stop();
-      this.client._lost(this, reason);
+      this.client._lost(this, reason, refusal || null);
     }
 
     /** Send upstream as a POST to the connection URL, in order (§4.6). */
@@ -258,12 +279,13 @@
   class StreamingLink extends Link {
     start() {
       this.abort = new AbortController();
-      this._run().catch(err => this.failed(describe(err)));
+      this._run().catch(err => this.failed(describe(err), refusalOf(err)));
     }
 
     async _run() {
       const response = await fetch(this.url(), this.client._fetchOptions('GET', this.abort));
-      if (!response.ok || !response.body) throw new Error('HTTP ' + response.status);
+      if (!response.ok) throw await httpError(response);
+      if (!response.body) throw new Error('a streaming response without a body');
       this.up = true;
       const reader = response.body.getReader();
       // stream: true keeps a UTF-8 sequence split between chunks intact.
@@ -290,14 +312,15 @@
   class LongPollingLink extends Link {
     start() {
       this.abort = new AbortController();
-      this._run().catch(err => this.failed(describe(err)));
+      this._run().catch(err => this.failed(describe(err), refusalOf(err)));
     }
 
     async _run() {
       while (!this.dead) {
-        // url() each time: the tracking id changes after the handshake (§2.6).
+        // url() each time: the tracking id changes after the handshake (§2.6),
+        // the count of messages received with every answer.
         const response = await fetch(this.url(), this.client._fetchOptions('GET', this.abort));
-        if (!response.ok) throw new Error('HTTP ' + response.status);
+        if (!response.ok) throw await httpError(response);
         this.up = true;
         // With a tracking id, the server does not answer with a handshake but
         // holds the poll until it has something to say, which may take long.
@@ -306,7 +329,11 @@
         if (!this.open && this.client.uuid !== '0') this.client._linkOpened(this);
         const body = await response.text();
         if (this.dead) return;
-        if (body !== '') this.received(body); // an empty body: a timeout, poll again
+        // The answer may be the handshake, as a whole (§2.3). An empty body (a
+        // poll taken over) or whitespace (a heartbeat) holds no message, but
+        // shows that the connection is alive: poll again.
+        this.fresh = true;
+        this.received(body);
         // A server without the handshake: the first answered poll opens the link.
         if (!this.open && !this.dead) this.client._linkOpened(this);
       }
@@ -342,6 +369,65 @@
     return (err && err.message) || String(err);
   }
 
+  /**
+   * Retry-After (RFC 9110 §10.2.3), seconds or an HTTP date, in ms; 0 when
+   * absent or unreadable.
+   */
+  function retryAfterMs(value) {
+    if (!value) return 0;
+    const text = value.trim();
+    if (/^\d+$/.test(text)) return parseInt(text, 10) * 1000;
+    const when = Date.parse(text);
+    return isNaN(when) ? 0 : Math.max(0, when - Date.now());
+  }
+
+  /**
+   * What an error response says: {status, reason, retryAfter}. The reason is
+   * X-Atmosphere-error (§8.1), else the first line of the body. The body is
+   * read in full, so that the request ends as a complete one.
+   */
+  async function refusalFrom(response) {
+    let body = '';
+    try {
+      body = await response.text();
+    } catch (err) {
+      // the body is lost; the status says enough
+    }
+    const reason = response.headers.get('X-Atmosphere-error') ||
+      body.trim().split('\n')[0].trim() || response.statusText || '';
+    return {
+      status: response.status,
+      reason: reason,
+      retryAfter: retryAfterMs(response.headers.get('Retry-After')),
+    };
+  }
+
+  /** An Error for an error response, carrying its refusal (see refusalFrom). */
+  async function httpError(response) {
+    const refusal = await refusalFrom(response);
+    const err = new Error('HTTP ' + refusal.status + (refusal.reason ? ' ' + refusal.reason : ''));
+    err.refusal = refusal;
+    return err;
+  }
+
+  function refusalOf(err) {
+    return (err && err.refusal) || null;
+  }
+
+  /**
+   * What an error status means for the client (§8):
+   *   'refused'      4xx but 408 and 429: stop for good
+   *   'later'        429, 503: try again later, after Retry-After
+   *   'unsupported'  501: the transport is not available: fall back
+   *   'other'        anything else: reconnect as usual
+   */
+  function verdict(status) {
+    if (status === 501) return 'unsupported';
+    if (status === 429 || status === 503) return 'later';
+    if (status >= 400 && status < 500 && status !== 408) return 'refused';
+    return 'other';
+  }
+
   // ---------------------------------------------------------------------------
   // The client
   // ---------------------------------------------------------------------------
@@ -349,21 +435,39 @@
   /**
    * A connection to one Atmosphere route that survives drops.
    *
+   * Options (see DEFAULTS): transport, transports, contentType, headers,
+   * heartbeatServer, reconnect, reconnectInterval, maxReconnectInterval,
+   * maxReconnectAttempts, connectTimeout, inactivityTimeout, withCredentials,
+   * closeOnUnload, and a listener per event: onOpen, onMessage, onClose,
+   * onError, onReconnect, onTransportFailure, onRefused.
+   *
    * Properties (read-only):
    *   transport  the transport in use or being tried ('websocket', 'sse',
    *              'streaming', 'long-polling'), or null before connect()
    *   state      'idle', 'connecting', 'open', 'reconnecting' or 'closed'
    *   uuid       the tracking id the server gave in the handshake ('0' before)
+   *   offset     how many messages arrived from that tracking id; every
+   *              request says it (X-Atmosphere-Offset)
    *
    * Events (subscribe with on(name, fn), or pass onOpen, onMessage, ... in the options):
    *   open(transport)          connected (again), the handshake received
    *   message(text)            a message from the server (heartbeats are dropped)
    *   close(reason)            an open connection ended (a reconnect may follow)
-   *   error(err)               something failed: an upstream POST, a garbled
-   *                            stream, no transport could connect, gave up reconnecting
-   *   reconnect({attempt, delay, transport})  a reconnect is scheduled
+   *   error(err)               something failed: an upstream POST (err.status:
+   *                            its HTTP status), a garbled stream, no transport
+   *                            could connect, gave up reconnecting, or the server
+   *                            refused the client (err.status, err.reason, and
+   *                            'refused' follows)
+   *   refused({status, reason, transport})  the server refused the client for
+   *                            good (401, 403, 410 when the app closed it, ...; a
+   *                            501 when no transport is left): the client is
+   *                            'closed' and makes no more requests
+   *   reconnect({attempt, delay, transport, status, reason})  a reconnect is
+   *                            scheduled; status and reason when the server
+   *                            said to try later (429, 503; delay honours Retry-After)
    *   transportFailure(reason, transport)     a transport failed before it
-   *                            opened; the next one in order is tried
+   *                            opened, or the server does not offer it (501);
+   *                            the next one in order is tried
    */
   class AtmosphereClient {
     /**
@@ -376,6 +480,7 @@
       this.transport = null;
       this.state = 'idle';
       this.uuid = '0';
+      this.offset = 0;          // messages received from this.uuid
       this._listeners = {};
       this._link = null;        // the current link, or null between attempts
       this._order = [];         // the transports of the current negotiation
@@ -385,8 +490,17 @@
       this._timers = {};        // connect, reconnect, inactivity, heartbeat
       this._outbox = [];        // messages sent while not connected
       this._posts = Promise.resolve(); // keeps upstream POSTs in order
-      this._onPageHide = () => this.close();
-      for (const name of ['open', 'message', 'close', 'error', 'reconnect', 'transportFailure']) {
+      this._padding = DEFAULT_PADDING; // the handshake's heartbeat padding
+      this._heartbeatMs = 0;    // the handshake's client heartbeat period
+      this._generation = 0;     // bumped by connect() and close(): stale probes are ignored
+      this._unloading = false;  // the page is going away: no probes
+      this._onPageHide = () => {
+        this._unloading = true;
+        if (this.options.closeOnUnload) this.close();
+      };
+      this._onPageShow = () => { this._unloading = false; };
+      for (const name of ['open', 'message', 'close', 'error', 'reconnect', 'transportFailure',
+        'refused']) {
         const callback = this.options['on' + name[0].toUpperCase() + name.slice(1)];
         if (typeof callback === 'function') this.on(name, callback);
       }
@@ -423,12 +537,15 @@
         return this;
       }
       this.state = 'connecting';
-      this.uuid = '0';
+      this._generation++;
+      this._newSession();
       this._everOpened = false;
       this._attempt = 0;
       this._next = 0;
-      if (this.options.closeOnUnload && global.addEventListener) {
+      this._unloading = false;
+      if (global.addEventListener) {
         global.addEventListener('pagehide', this._onPageHide);
+        global.addEventListener('pageshow', this._onPageShow);
       }
       this._tryNextTransport();
       return this;
@@ -466,16 +583,30 @@
     /** Enter the 'closed' state: no link, no timers, nothing waiting. */
     _closed() {
       this.state = 'closed';
+      this._generation++;
       this._outbox = [];
       this._clearTimers();
-      if (global.removeEventListener) global.removeEventListener('pagehide', this._onPageHide);
+      if (global.removeEventListener) {
+        global.removeEventListener('pagehide', this._onPageHide);
+        global.removeEventListener('pageshow', this._onPageShow);
+      }
+    }
+
+    /** Forget the tracking id: the next handshake starts a new session. */
+    _newSession() {
+      this.uuid = '0';
+      this.offset = 0;
+      this._padding = DEFAULT_PADDING;
+      this._heartbeatMs = 0;
     }
 
     // -- building requests (§1) -------------------------------------------------
 
     /**
      * The connection URL for `transport`: the Atmosphere parameters in the
-     * order of the official clients (§1.1), then the user's `headers`.
+     * order of the official clients (§1.1), X-Atmosphere-Offset (how many
+     * messages arrived from this tracking id: a flask-atmosphere server sends
+     * again what it sent after them), then the user's `headers`.
      */
     _buildUrl(transport) {
       const o = this.options;
@@ -494,6 +625,7 @@
           transport === 'websocket' ? o.contentType : encodeURIComponent(o.contentType)]);
       }
       params.push(['X-atmo-protocol', 'true']);
+      params.push(['X-Atmosphere-Offset', String(this.offset)]);
       for (const name of Object.keys(o.headers || {})) {
         let value = o.headers[name];
         if (typeof value === 'function') value = value();
@@ -531,15 +663,16 @@
         this._scheduleReconnect(this._order[0]);
         return;
       }
-      this.uuid = '0'; // a new transport starts a new session (§7.3)
+      this._newSession(); // a new transport starts a new session (§7.3)
       this._startLink(this._order[this._next++]);
     }
 
     _startLink(name) {
       if (this.state === 'closed') return;
       this.transport = name;
+      // The padding, like the count, belongs to the session: a reconnect that
+      // gets no handshake (a long-poll) keeps the one it had.
       this._parser = new FrameParser();
-      this._padding = DEFAULT_PADDING;
       const link = (this._link = new LINKS[name](this, name));
       if (this.options.connectTimeout > 0) {
         this._setTimer('connect', () => {
@@ -581,33 +714,126 @@
       }
     }
 
-    /** A link ended, before or after it opened. */
-    _lost(link, reason) {
+    /**
+     * A link ended, before or after it opened. `refusal`: what the server's
+     * error status said ({status, reason, retryAfter}), when it is known.
+     */
+    _lost(link, reason, refusal) {
       if (link !== this._link) return;
       this._link = null;
       this._clearTimers();
       if (this.state === 'closed') return;
       if (link.open) {
-        // It dropped: reconnect over the same transport with the same tracking id.
-        if (this.options.reconnect) this.state = 'reconnecting';
+        // It dropped. Unless the server refuses us, reconnect over the same
+        // transport with the same tracking id. A WebSocket the app closed
+        // (say 4001) is no different: the reconnect learns whether it may come
+        // back (410 if not).
+        const refused = refusal !== null && verdict(refusal.status) === 'refused';
+        if (this.options.reconnect || refused) this.state = 'reconnecting';
         else this._closed();
         this._emit('close', reason);
+        if (this.state === 'closed') return; // no reconnect, or a listener closed us
+      } else if (refusal === null && PROBED[link.name] && !this._unloading) {
+        // A WebSocket or an EventSource that failed does not say why: ask.
+        this._probe(link, reason);
+        return;
+      }
+      this._settle(link, reason, refusal, false);
+    }
+
+    /**
+     * Learn why a WebSocket or SSE link failed before it opened: GET the URL
+     * it would use, with X-Atmosphere-Transport=websocket and no upgrade. A
+     * flask-atmosphere server runs the same admission, and answers the
+     * refusal status if refused, else 501.
+     */
+    _probe(link, reason) {
+      const generation = this._generation;
+      const abort = new AbortController();
+      const timeout = setTimeout(() => abort.abort(),
+        this.options.connectTimeout > 0 ? this.options.connectTimeout : PROBE_TIMEOUT);
+      const url = this._buildUrl('websocket');
+      Promise.resolve()
+        .then(() => fetch(url, this._fetchOptions('GET', abort)))
+        .then(response => {
+          if (response.ok) { // a server that holds it as a connection: nothing to learn
+            abort.abort();
+            return null;
+          }
+          return refusalFrom(response);
+        })
+        .catch(() => null) // not even that got through: as any failure
+        .then(refusal => {
+          clearTimeout(timeout);
+          if (generation !== this._generation || this.state === 'closed' || this._link) return;
+          this._settle(link, reason, refusal, true);
+        });
+    }
+
+    /**
+     * What follows a link's end, once the server's word on it (`refusal`) is
+     * known. `probed`: that word comes from a probe, where 501 only means
+     * "not refused".
+     */
+    _settle(link, reason, refusal, probed) {
+      switch (refusal === null ? 'other' : verdict(refusal.status)) {
+        case 'refused':
+          return this._refused(refusal, link.name);
+        case 'later':
+          return this._scheduleReconnect(link.name, refusal);
+        case 'unsupported':
+          if (!probed || !this._everOpened) return this._fallBack(link, reason, refusal);
+          break; // a reconnect whose probe says "not refused": as any failure
+      }
+      if (link.open || this._everOpened) {
+        // A drop, or a failed reconnect attempt: try again, later.
         this._scheduleReconnect(link.name);
-      } else if (!this._everOpened) {
+      } else {
         // Negotiation: fall back to the next transport (§7.3).
         this._emit('transportFailure', reason, link.name);
-        this._tryNextTransport();
-      } else {
-        // A reconnect attempt failed: try again, later.
-        this._scheduleReconnect(link.name);
+        if (this.state !== 'closed') this._tryNextTransport();
       }
     }
 
     /**
-     * Reconnect after an exponential backoff: interval * 2^attempt, capped,
-     * with jitter so that many clients do not all come back at once (§7.3).
+     * The server does not offer `link`'s transport (501): try the next one
+     * at once; if none is left, that is a refusal. After the client opened,
+     * the tracking id is kept: the server resumes the client on the other
+     * transport.
      */
-    _scheduleReconnect(name) {
+    _fallBack(link, reason, refusal) {
+      const index = this._order.indexOf(link.name);
+      if (index < 0 || index + 1 >= this._order.length) {
+        return this._refused(refusal, link.name);
+      }
+      this._emit('transportFailure', reason, link.name);
+      if (this.state === 'closed') return;
+      this._next = index + 1;
+      if (this._everOpened) this._startLink(this._order[this._next++]);
+      else this._tryNextTransport();
+    }
+
+    /** The server refused the client: stop for good, and say why. */
+    _refused(refusal, transport) {
+      const status = refusal.status;
+      const reason = refusal.reason;
+      this._closed();
+      const err = new Error('refused by the server: HTTP ' + status + (reason ? ' ' + reason : ''));
+      err.status = status;
+      err.reason = reason;
+      err.transport = transport;
+      this._emit('error', err);
+      this._emit('refused', { status: status, reason: reason, transport: transport });
+    }
+
+    /**
+     * Reconnect after an exponential backoff: interval * 2^attempt, capped,
+     * with jitter so that many clients do not all come back at once (§7.3);
+     * at least the server's Retry-After when it said to try later (`later`:
+     * its refusal). Before any link opened, the negotiation starts again
+     * from transport `name`.
+     */
+    _scheduleReconnect(name, later) {
       const o = this.options;
       if (this.state === 'closed') return;
       if (!o.reconnect || this._attempt >= o.maxReconnectAttempts) {
@@ -618,10 +844,18 @@
         return;
       }
       const attempt = this._attempt++;
-      const delay = Math.round(Math.min(o.maxReconnectInterval,
+      let delay = Math.round(Math.min(o.maxReconnectInterval,
         o.reconnectInterval * Math.pow(2, attempt)) * (0.5 + Math.random() * 0.5));
+      if (later) delay = Math.max(delay, later.retryAfter || 0);
       if (this._everOpened) this.state = 'reconnecting';
-      this._emit('reconnect', { attempt: attempt + 1, delay: delay, transport: name });
+      else this._next = Math.max(0, this._order.indexOf(name));
+      const info = { attempt: attempt + 1, delay: delay, transport: name };
+      if (later) {
+        info.status = later.status;
+        info.reason = later.reason;
+      }
+      this._emit('reconnect', info);
+      if (this.state === 'closed') return; // a listener closed us
       this._setTimer('reconnect', () => {
         if (this.state === 'closed') return;
         if (this._everOpened) this._startLink(name); // keep the tracking id (§2.6)
@@ -644,24 +878,41 @@
       }
       for (const message of messages) {
         if (link !== this._link) return; // a listener closed us
-        const handshake = HANDSHAKE.exec(message);
-        if (handshake) {
-          // The handshake (§2.4). It comes first, and again after a reconnect
-          // (§2.7); a long-polling server may also answer a later poll with
-          // it, e.g. with a fresh uuid after forgetting ours. Whenever it
-          // comes, it (re)sets the tracking id, heartbeat and padding.
-          this.uuid = handshake[1];
-          this._heartbeatMs = parseInt(handshake[2], 10);
-          this._padding = handshake[3];
-          if (!link.open) this._linkOpened(link);
-          continue;
+        if (link.fresh) {
+          link.fresh = false;
+          // The handshake (§2.4) is the first message of a link, again after
+          // a reconnect (§2.7); on long-polling, the whole answer of a poll
+          // (§2.3), which a server may also send later, e.g. with a fresh
+          // uuid after forgetting ours. Only there is a message taken for one.
+          const handshake = (link.name !== 'long-polling' || messages.length === 1) &&
+            HANDSHAKE.exec(message);
+          if (handshake) {
+            this._handshake(handshake);
+            if (!link.open) this._linkOpened(link);
+            continue;
+          }
         }
         // Not a handshake first: the server skipped it (e.g. it kept our
         // tracking id on a reconnect). We are connected all the same (§2.4).
         if (!link.open) this._linkOpened(link);
-        if (message === this._padding) continue; // a heartbeat (§5.1)
+        // A heartbeat (§5.1), unless the server named no padding: then every
+        // framed message is one (its heartbeats are whitespace, see FrameParser).
+        if (this._padding !== '' && message === this._padding) continue;
+        this.offset++;
         this._emit('message', message);
       }
+    }
+
+    /**
+     * A handshake: it sets the tracking id, the client heartbeat and the
+     * padding. Another uuid than ours is a new session, whose messages are
+     * counted from 0; ours again (a reconnect) keeps the count.
+     */
+    _handshake(match) {
+      if (match[1] !== this.uuid) this.offset = 0;
+      this.uuid = match[1];
+      this._heartbeatMs = parseInt(match[2], 10);
+      this._padding = match[3];
     }
 
     // -- sending (§4.1, §4.6) ----------------------------------------------------------
@@ -674,13 +925,26 @@
       }
     }
 
-    /** POST `text` to the connection URL; POSTs go one after another, in order. */
+    /**
+     * POST `text` to the connection URL; POSTs go one after another, in order.
+     * Each answer is read to its end (a request left unread may show as
+     * cancelled); one that is not OK is an 'error' with its status.
+     */
     _post(link, text) {
       const url = this._buildUrl(link.name);
       this._posts = this._posts
         .then(() => fetch(url, this._fetchOptions('POST', null, text)))
-        .then(response => {
-          if (!response.ok) throw new Error('POST failed: HTTP ' + response.status);
+        .then(async response => {
+          if (response.ok) {
+            await response.text();
+            return;
+          }
+          const refusal = await refusalFrom(response);
+          const err = new Error('POST failed: HTTP ' + refusal.status +
+            (refusal.reason ? ' ' + refusal.reason : ''));
+          err.status = refusal.status;
+          err.reason = refusal.reason;
+          throw err;
         })
         .catch(err => this._emit('error', err));
     }
@@ -699,7 +963,11 @@
 
     // -- heartbeats and timers (§5) ------------------------------------------------------
 
-    /** Send the padding every heartbeatMs, if the handshake asked for it (§5.2). */
+    /**
+     * Send the padding every heartbeatMs, if the handshake asked for it
+     * (§5.2): an empty message (an empty frame, an empty POST) when the
+     * padding is empty.
+     */
     _startHeartbeat(link) {
       if (!(this._heartbeatMs > 0)) return;
       const beat = () => {
@@ -710,7 +978,7 @@
       this._setTimer('heartbeat', beat, this._heartbeatMs);
     }
 
-    /** Something arrived: restart the inactivity watchdog. */
+    /** Something arrived (a heartbeat too): restart the inactivity watchdog. */
     _touch() {
       const timeout = this.options.inactivityTimeout;
       const link = this._link;
