@@ -30,7 +30,7 @@ import ipaddress
 import json
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Mapping
 
@@ -281,7 +281,8 @@ def _url_path(value: object) -> str | None:
 KEYS: tuple[Key, ...] = (
     _seconds("ATMOSPHERE_HEARTBEAT_INTERVAL", 30, positive=False, doc="""
         Seconds without a write after which the server sends a heartbeat (the
-        padding `X`, framed like any write; a ping for plain WebSocket clients).
+        padding `X`, framed like any write; a line feed for a client that
+        acknowledges what it got; a ping for plain WebSocket clients).
         A client's `X-Heartbeat-Server` may raise it, or turn it off with `0`;
         `0` here disables heartbeats. Keep it well under the legacy client's
         300 s timeout."""),
@@ -300,7 +301,8 @@ KEYS: tuple[Key, ...] = (
     Key("ATMOSPHERE_MAILBOX_OVERFLOW", '"disconnect" or "drop-oldest"', "disconnect", None,
         """What a full mailbox does: `"disconnect"` the slow client (close
         1008, "slow consumer", logged), or `"drop-oldest"` messages to keep
-        it (counted, and logged at 1, 10, 100, … drops).""", _overflow),
+        it (counted, told to the client object as `MessagesLost` once per
+        burst, and logged at 1, 10, 100, … drops).""", _overflow),
     _seconds("ATMOSPHERE_WRITE_TIMEOUT", 30, positive=True, doc="""
         Seconds one write may take; a peer that stops reading for longer is
         cut off (its client then has the grace period to come back)."""),
@@ -340,7 +342,8 @@ KEYS: tuple[Key, ...] = (
         `"https://app.example.com:8443"`, where the host may start with one
         `*.` label for every subdomain (`"https://*.example.com"`: whole
         labels, not `example.com` itself). Requests without an `Origin`
-        header (not from a browser page) are not checked.""", _origins),
+        header (not from a browser page) are not checked, but for JSONP,
+        which must prove its page (`Sec-Fetch-Site` or `Referer`).""", _origins),
     _whole("ATMOSPHERE_MAX_CONNECTIONS", None, "clients", positive=True, optional=True, doc="""
         The most clients one process holds (clients within their grace period
         count); a new one beyond it gets 503. `None`: no limit."""),

@@ -273,8 +273,17 @@ class Connection:
         transport's writer, and nothing new is queued."""
         if not self.mailbox.close(request):
             return False
-        self.direct = None
+        self._stop_direct()
         return True
+
+    def _stop_direct(self) -> None:
+        """The one place ``direct`` is cleared. The hub writes to a client
+        at once (``direct``) only while a request that can take such writes
+        serves it, that request's peer is there, and the mailbox is open:
+        so it is cleared when the mailbox closes (or overflows), when the
+        peer of the serving request is lost, and when that request ends;
+        ``attach`` sets it for the new request."""
+        self.direct = None
 
     def _wake(self) -> None:
         carrier = self.carrier
@@ -307,7 +316,7 @@ class Connection:
             return
         dropped = mailbox.dropped
         if not mailbox.put(outbound):  # it closed itself
-            self.direct = None
+            self._stop_direct()
             log.warning("disconnecting client %s on %s: %s", self.uuid, self.path,
                         mailbox.close_request.error if mailbox.close_request else None)
             self.atmosphere.counters.add("slow_consumers")
@@ -352,7 +361,7 @@ class Connection:
         carrier.lost = True
         carrier.ended.set()
         if self.carrier is carrier:
-            self.direct = None
+            self._stop_direct()
             self.mailbox.interrupt()
 
     def detach(self, carrier: Carrier | None, gone: bool = False,
@@ -365,7 +374,7 @@ class Connection:
         if self.carrier is not carrier:
             return  # superseded: the newer request carries on
         self.carrier = None
-        self.direct = None
+        self._stop_direct()
         if self._finished:
             return
         grace = self.settings.grace_period

@@ -11,6 +11,7 @@ Flask with the same decisions.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -21,21 +22,20 @@ from .admission import (app_refusal, binding_matches, cors_headers, new_resume_k
                         own_origin, preflight, resume_cookie, resume_key)
 from .client import ConnectRequest, ReadOnlySession
 from .connection import Connection
-from .decisions import (NOT_UPGRADED, Ask, Kind, Open, Refusal, Resume, classify, client_for,
-                        parameter_refusal)
-from .environ import GEVENT_WEBSOCKET_KEY, SOCKET_KEY, UPGRADE_KEY
+from .decisions import (MISSING_TRANSPORT, NOT_UPGRADED, Ask, Kind, Open, Refusal, Resume,
+                        classify, client_for, parameter_refusal)
+from .environ import GEVENT_WEBSOCKET_KEY, UPGRADE_KEY
 from .protocol import PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, new_tracking_id, parse_params
 from .registry import normalize_path
 from . import lean
 from .transports import longpolling, sse, streaming, websocket
-from .transports.responses import (NO_CACHE, UpgradedResponse, empty_response,
-                                   refusal_response)
+from .transports.responses import UpgradedResponse, empty_response, refusal_response
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
     from .extension import Atmosphere, Route
 
-__all__ = ["serve"]
+__all__ = ["serve", "plan", "Plan"]
 
 log = logging.getLogger("flask_atmosphere")
 
@@ -47,45 +47,83 @@ _KEPT_KEYS = ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "SER
               "wsgi.errors")
 
 
-def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
-    """Serve the current Flask request on ``route``."""
-    settings = atmosphere.settings()
-    environ = request.environ
-    upgraded = environ.get(GEVENT_WEBSOCKET_KEY)  # gevent-websocket upgraded it already
+@dataclass(frozen=True)
+class Plan:
+    """What the endpoint does with the current request, decided before it
+    does anything (the lean path must decide alike: ``tests/test_decisions.py``).
+
+    Attributes:
+        refusal: the answer, when the request is refused outright (bad
+            parameters, an unoffered transport, a foreign origin); else ``None``.
+        ask: what the request asks for (``None`` if its parameters are bad).
+        params: its Atmosphere parameters (``None`` if they are bad).
+        existing: the live client it resumes, speaks for or closes, if any.
+        client: for an opening, a message or a goodbye, what
+            ``decisions.client_for`` says.
+    """
+    refusal: Refusal | None
+    ask: Ask | None = None
+    params: AtmosphereParams | None = None
+    existing: Connection | None = None
+    client: Resume | Open | Refusal | None = None
+
+
+def plan(atmosphere: "Atmosphere", settings: "Settings", upgraded: Any) -> Plan:
+    """The :class:`Plan` for the current request; ``upgraded`` is the
+    WebSocket that gevent-websocket upgraded before the app ran, or ``None``.
+    It changes nothing (the app's ``before_connect`` hooks run later)."""
     wants_websocket = upgraded is not None or (
         request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket")
     try:
         params = parse_params(request.args, request.headers)
     except ProtocolError as exc:
         log.info("refused %s %s: %s", request.method, request.path, exc)
-        return _refuse(parameter_refusal(exc), upgraded)
+        return Plan(parameter_refusal(exc))
+    post_body = "X-Atmosphere-Post-Body" in request.args
     ask = classify(request.method, wants_websocket,
-                   upgraded is not None or UPGRADE_KEY in environ, params,
-                   "X-Atmosphere-Post-Body" in request.args, settings.transports)
+                   upgraded is not None or UPGRADE_KEY in request.environ, params, post_body,
+                   settings.transports)
     if isinstance(ask, Refusal):
-        return _refuse(ask, upgraded)
+        return Plan(ask, None, params)
     if ask.kind is Kind.PREFLIGHT:
+        return Plan(None, ask, params)
+    refused = origin_refusal(settings, page=ask.transport == "jsonp" or post_body)
+    if refused is not None:
+        atmosphere.counters.add("refused")
+        return Plan(refused, ask, params)
+    if ask.kind is Kind.PROBE:
+        return Plan(None, ask, params)
+    existing, decision = _existing(atmosphere, settings, params)
+    return Plan(None, ask, params, existing, decision)
+
+
+def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
+    """Serve the current Flask request on ``route``."""
+    settings = atmosphere.settings()
+    upgraded = request.environ.get(GEVENT_WEBSOCKET_KEY)  # gevent-websocket upgraded it already
+    chosen = plan(atmosphere, settings, upgraded)
+    ask, params = chosen.ask, chosen.params
+    if chosen.refusal is not None or ask is None or params is None:
+        response = _refuse(chosen.refusal or MISSING_TRANSPORT, upgraded)
+    elif ask.kind is Kind.PREFLIGHT:
         headers = preflight(settings)
         if isinstance(headers, Refusal):
             return _refuse(headers, None)
         return Response(status=204, headers=headers)
-    refused = origin_refusal(settings, page=ask.transport == "jsonp"
-                             or "X-Atmosphere-Post-Body" in request.args)
-    if refused is None:
+    else:
         atmosphere.broadcaster.attach(gevent.get_hub())
-        if ask.kind is Kind.GOODBYE:
-            response = _goodbye(atmosphere, settings, params)
-        elif ask.kind is Kind.MESSAGE:
-            response = _message(atmosphere, settings, route, params)
-        elif ask.kind is Kind.PROBE:
+        if ask.kind is Kind.PROBE:
             refused = atmosphere.registry.closed(params.tracking_id) \
                 or app_refusal(atmosphere, settings, new=True)
             response = _refuse(refused or NOT_UPGRADED, upgraded)
+        elif ask.kind is Kind.GOODBYE:
+            if chosen.existing is not None:
+                chosen.existing.finish()
+            response = empty_response()
+        elif ask.kind is Kind.MESSAGE:
+            response = _message(atmosphere, settings, route, chosen)
         else:
-            response = _open(atmosphere, settings, route, params, ask, upgraded)
-    else:
-        atmosphere.counters.add("refused")
-        response = _refuse(refused, upgraded)
+            response = _open(atmosphere, settings, route, chosen, upgraded)
     response.headers.update(cors_headers(settings))
     return response
 
@@ -157,12 +195,13 @@ def _new_connection(atmosphere: "Atmosphere", settings: "Settings", route: "Rout
 
 # -- opening a transport -------------------------------------------------------
 
-def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
-          params: AtmosphereParams, ask: Ask, upgraded: Any) -> Response:
-    """Open or resume a client on ``ask.transport``."""
-    transport = ask.transport
+def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen: Plan,
+          upgraded: Any) -> Response:
+    """Open or resume a client on the transport the plan says."""
+    assert chosen.ask is not None and chosen.params is not None
+    transport, params = chosen.ask.transport, chosen.params
+    existing, decision = chosen.existing, chosen.client
     assert transport is not None
-    existing, decision = _existing(atmosphere, settings, params)
     if isinstance(decision, Refusal):
         return _refuse(decision, upgraded)
     refused = app_refusal(atmosphere, settings, new=existing is None)
@@ -177,9 +216,9 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
         existing.resume(params, offset)
         connection, new, cookies = existing, False, []
     else:
-        assert isinstance(decision, Open)
         connection, cookies = _new_connection(atmosphere, settings, route, params,
-                                              decision.uuid, transport,
+                                              decision.uuid if isinstance(decision, Open) else None,
+                                              transport,
                                               can_set_cookie=upgraded is None)
         new = True
         if transport == "sse":
@@ -248,10 +287,12 @@ def _read_body(limit: int) -> bytes | None:
 
 
 def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
-             params: AtmosphereParams) -> Response:
+             chosen: Plan) -> Response:
     """One message upstream (§4.6): a POST body, or JSONP's
     ``X-Atmosphere-Post-Body``. Decoded as UTF-8 whatever the Content-Type
     says (Appendix C). Answered with an empty 200 once ``receive`` is done."""
+    assert chosen.params is not None
+    params, existing, decision = chosen.params, chosen.existing, chosen.client
     limit = settings.max_message_size
     post_body = request.args.get("X-Atmosphere-Post-Body")
     if post_body is not None:
@@ -271,7 +312,6 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
             return refusal_response(Refusal(400, "the message is not UTF-8 text"))
     if len(text.encode("utf-8", "surrogatepass")) > limit:
         return _too_big(limit)
-    existing, decision = _existing(atmosphere, settings, params)
     if isinstance(decision, Refusal):
         return refusal_response(decision)
     refused = app_refusal(atmosphere, settings, new=existing is None)
@@ -284,8 +324,8 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
     # A client nobody knows yet gets a fresh state, as Java does: it is
     # opened here and waits for its own GET within the grace period (or
     # ends at once if it cannot come back).
-    assert isinstance(decision, Open)
-    connection, cookies = _new_connection(atmosphere, settings, route, params, decision.uuid,
+    connection, cookies = _new_connection(atmosphere, settings, route, params,
+                                          decision.uuid if isinstance(decision, Open) else None,
                                           params.transport or "polling", can_set_cookie=True)
     refused = connection.open()
     if refused is not None:
@@ -301,14 +341,3 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
 def _too_big(limit: int) -> Response:
     log.info("refused a message to %s: more than %d bytes", request.path, limit)
     return refusal_response(Refusal(413, f"message larger than {limit} bytes"))
-
-
-def _goodbye(atmosphere: "Atmosphere", settings: "Settings", params: AtmosphereParams
-             ) -> Response:
-    """``X-Atmosphere-Transport=close`` (§4.7): the client leaves now; a held
-    request of it is answered. An unknown tracking id, or one this request
-    may not act for, changes nothing: the answer is the same empty 200."""
-    existing, _ = _existing(atmosphere, settings, params)
-    if existing is not None:
-        existing.finish()
-    return Response("", mimetype="text/plain", headers=NO_CACHE)

@@ -16,7 +16,7 @@ from .broadcaster import Broadcast, Broadcaster
 from .client import AtmosphereClient
 from .config import DEFAULTS, Settings, unknown_keys
 from .filters import Everyone, as_filter
-from .registry import Registry, normalize_path
+from .registry import Registry
 from .stats import Stats
 from .wire import JsonWireFormat, WireFormat
 

@@ -151,7 +151,28 @@ class LeanPath:
         """The WSGI app that answers the poll ``environ`` on the lean path,
         or ``None`` if the request must go the full way. Once it returns an
         app, the poll is attached to its client."""
-        if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+        decided = self.decide(environ)
+        if decided is None:
+            return None
+        connection, params, callback, cors = decided
+        connection.resume(params, params.offset)  # as the full path's resume does
+        poll = longpolling.Poll(connection, environ, callback)
+        headers = list(NO_CACHE.items())
+        headers.append(("Content-Type", longpolling.content_type(callback)))
+        headers.extend(cors.items())
+
+        def respond(environ: dict[str, Any], start_response: Callable[..., Any]
+                    ) -> Iterable[bytes]:
+            return poll.respond(start_response, "200 OK", headers)
+        return respond
+
+    def decide(self, environ: dict[str, Any]
+               ) -> tuple["Connection", AtmosphereParams, str | None, dict[str, str]] | None:
+        """What the lean path does with ``environ``, changing nothing:
+        ``(client, parameters, JSONP callback, CORS headers)`` of a poll it
+        answers, or ``None`` for a request that goes the full way."""
+        method = environ.get("REQUEST_METHOD", "")
+        if method != "GET" or environ.get("HTTP_UPGRADE", "").lower() == "websocket":
             return None
         query = environ.get("QUERY_STRING", "")
         registry = self.atmosphere.registry
@@ -182,7 +203,7 @@ class LeanPath:
                 get("SERVER_NAME"), get("SERVER_PORT")) != ticket.route_key:
             return None
         settings = self.atmosphere.settings(self.app)
-        ask = classify("GET", False, False, params, "X-Atmosphere-Post-Body" in args,
+        ask = classify(method, False, False, params, "X-Atmosphere-Post-Body" in args,
                        settings.transports)
         if not isinstance(ask, Ask) or ask.kind is not Kind.OPEN \
                 or ask.transport not in ("long-polling", "jsonp"):
@@ -211,17 +232,7 @@ class LeanPath:
         else:
             return None  # refused the full way: 403, logged
         callback = args.get("jsonpTransport", "atmosphere") if ask.transport == "jsonp" else None
-
-        connection.resume(params, params.offset)  # as the full path's resume does
-        poll = longpolling.Poll(connection, environ, callback)
-        headers = list(NO_CACHE.items())
-        headers.append(("Content-Type", longpolling.content_type(callback)))
-        headers.extend(cors.items())
-
-        def respond(environ: dict[str, Any], start_response: Callable[..., Any]
-                    ) -> Iterable[bytes]:
-            return poll.respond(start_response, "200 OK", headers)
-        return respond
+        return connection, params, callback, cors
 
     def _plain_request(self, environ: dict[str, Any]) -> bool:
         """Whether Flask and the app would do nothing of their own for this

@@ -173,7 +173,8 @@
 
   // ---------------------------------------------------------------------------
   // Transports. Each is one attempt to hold a connection (a "link"): start()
-  // opens it, write(text) sends a message upstream, stop() ends it. A link
+  // opens it, write(text) sends a message upstream, stop(goodbye) ends it
+  // (goodbye: the client leaves, rather than coming back on a new link). A link
   // reports what it receives with received(text) and its end with failed(reason);
   // after either stop() or failed() it is dead and reports nothing more.
   // ---------------------------------------------------------------------------
@@ -215,7 +216,7 @@
       this.client._post(this, text);
     }
 
-    stop() {
+    stop(goodbye) { // eslint-disable-line no-unused-vars
       this.dead = true;
     }
   }
@@ -242,13 +243,24 @@
       this.ws.send(text);
     }
 
-    stop() {
+    /**
+     * A close frame says goodbye: the server forgets the client at once. So
+     * it is sent only when the client leaves (`goodbye`). A socket the client
+     * gives up on to come back (nothing received for too long, a garbled
+     * stream) is left open, its handlers gone: the server closes it once the
+     * next link takes the client over (or the client closes it if it leaves
+     * first). A socket still connecting is dropped without a close frame.
+     */
+    stop(goodbye) {
       super.stop();
       const ws = this.ws;
       if (!ws) return;
-      ws.onmessage = ws.onclose = null;
-      if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) {
-        ws.close(1000);
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      if (ws.readyState === WebSocket.CONNECTING) {
+        ws.close();
+      } else if (ws.readyState === WebSocket.OPEN) {
+        if (goodbye) ws.close(1000);
+        else this.client._keepUntilReplaced(ws);
       }
     }
   }
@@ -571,7 +583,7 @@
       this._link = null;
       this._closed();
       if (link) {
-        link.stop();
+        link.stop(true);
         // The 5.x client sends no close request; the legacy one does (§4.7). It
         // tells an HTTP server at once that this tracking id is gone, instead
         // of after its grace period. A WebSocket close says it by itself.
@@ -586,9 +598,32 @@
       this._generation++;
       this._outbox = [];
       this._clearTimers();
+      this._closeReplaced();
       if (global.removeEventListener) {
         global.removeEventListener('pagehide', this._onPageHide);
         global.removeEventListener('pageshow', this._onPageShow);
+      }
+    }
+
+    /**
+     * Remember the open WebSocket `ws` of a link given up on, to close it if
+     * the client leaves before the next link opens (see WebSocketLink.stop).
+     */
+    _keepUntilReplaced(ws) {
+      this._replaced = this._replaced || [];
+      this._replaced.push(ws);
+    }
+
+    /** Close the sockets kept by _keepUntilReplaced. */
+    _closeReplaced() {
+      const sockets = this._replaced || [];
+      this._replaced = [];
+      for (const ws of sockets) {
+        try {
+          ws.close(1000);
+        } catch (err) {
+          // closed already
+        }
       }
     }
 
@@ -699,6 +734,10 @@
       this.state = 'open';
       this.transport = link.name;
       this._clearTimer('connect');
+      // The server serves the client here now, and says goodbye to the old
+      // sockets itself ("superseded"); closing them from here could overtake
+      // that and read as the client's goodbye.
+      this._replaced = [];
       this._touch();
       this._startHeartbeat(link);
       this._emit('open', link.name);
