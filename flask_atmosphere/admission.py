@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .extension import Atmosphere
 
 __all__ = ["Refused", "origin_refusal", "app_refusal", "cors_headers", "preflight", "own_origin",
-           "origin_allowed", "resume_key", "key_from_cookies", "new_resume_key", "resume_cookie", "binding_matches"]
+           "origin_allowed", "resume_key", "key_from_cookies", "new_resume_key", "resume_cookie",
+           "binding_matches"]
 
 log = logging.getLogger("flask_atmosphere")
 

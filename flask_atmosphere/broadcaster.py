@@ -22,6 +22,7 @@ from .registry import Registry
 if TYPE_CHECKING:  # pragma: no cover
     from .backplane import Backplane
     from .connection import Connection
+    from .wire import WireFormat
 
 __all__ = ["Broadcast", "Broadcaster", "fan_out"]
 
@@ -75,9 +76,9 @@ class Broadcaster:
     def __init__(self, registry: Registry, backplane: "Backplane"):
         self.registry = registry
         self.backplane = backplane
-        self._loop = None
-        self._thread_id = None
-        self._pending: list = []   # Broadcast, or (fn, args), in order
+        self._loop: Any = None  # the adopted hub's libev loop
+        self._thread_id: int | None = None
+        self._pending: list[Broadcast | tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._flushing = False
         self._scheduled = False
         #: Clients whose mailbox is past half its bound, with the time by
@@ -85,7 +86,7 @@ class Broadcaster:
         self._pressed: dict["Connection", float] = {}
         backplane.start(self.deliver)
 
-    def attach(self, hub, replace: bool = False) -> None:
+    def attach(self, hub: Any, replace: bool = False) -> None:
         """Adopt ``hub`` (a ``gevent.hub.Hub``) as the one that owns the
         connections, unless one is adopted already and not ``replace``.
         Called from that hub's thread when serving starts."""
@@ -93,13 +94,13 @@ class Broadcaster:
             self._loop = hub.loop
             self._thread_id = _native_thread_id()
 
-    def detach(self, hub) -> None:
+    def detach(self, hub: Any) -> None:
         """Forget ``hub`` if it is the adopted one (its server stopped)."""
         if self._loop is hub.loop:
             self.flush()
             self._loop = self._thread_id = None
 
-    def call(self, fn: Callable, *args) -> None:
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the hub thread, after any broadcast still
         pending: now if this is that thread (or no hub is attached yet) and
         nothing is pending, else as soon as the hub gets to it."""
@@ -200,11 +201,12 @@ class Broadcaster:
         finally:
             self._flushing = False
 
-    def _run(self, pending: list) -> None:
+    def _run(self, pending: list[Broadcast | tuple[Callable[..., Any], tuple[Any, ...]]]
+             ) -> None:
         i, n = 0, len(pending)
         while i < n:
             item = pending[i]
-            if type(item) is tuple:
+            if isinstance(item, tuple):
                 fn, args = item
                 i += 1
                 try:
@@ -212,14 +214,18 @@ class Broadcaster:
                 except BaseException:  # noqa: B036 -- nothing may stop the fan-out
                     log.exception("%r failed", fn)
                 continue
-            j, end = i + 1, min(n, i + MAX_COALESCED)
-            size = _size(item.message)
-            while j < end and type(pending[j]) is Broadcast and pending[j].path == item.path \
-                    and pending[j].exact == item.exact and size < MAX_COALESCED_BYTES:
-                size += _size(pending[j].message)
-                j += 1
+            batch = [item]
+            end, size = min(n, i + MAX_COALESCED), _size(item.message)
+            while i + len(batch) < end and size < MAX_COALESCED_BYTES:
+                following = pending[i + len(batch)]
+                if not isinstance(following, Broadcast) or following.path != item.path \
+                        or following.exact != item.exact:
+                    break
+                batch.append(following)
+                size += _size(following.message)
+            j = i + len(batch)
             try:
-                fan_out(self.registry, pending[i:j])
+                fan_out(self.registry, batch)
             except BaseException:  # noqa: B036 -- nothing may stop the fan-out
                 log.exception("broadcast to %s failed", item.path)
             i = j
@@ -246,10 +252,14 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
     # uuid per client).
     simple = all(b.to is Everyone or b.to is SkipSelf for b in batch)
     skips = {registry.get(b.sender) for b in batch if b.to is SkipSelf and b.sender is not None}
-    rendered: dict = {}   # wire format -> [Outbound | None per broadcast]
-    framed: dict = {}     # (framing, wire format, allowed) -> bytes
-    last_framing = last_wire_format = last_allowed = data = None
-    rendered_for = outbounds = None
+    rendered: dict[WireFormat, list[Outbound | None]] = {}  # an entry per broadcast
+    framed: dict[tuple[Any, WireFormat, tuple[int, ...]], bytes] = {}
+    last_framing: Any = None
+    last_wire_format: Any = None
+    last_allowed: Any = None
+    data = b""
+    rendered_for: Any = None
+    outbounds: list[Outbound | None] = []
     for connection in targets:
         if simple and (not skips or connection not in skips):
             allowed = everyone
@@ -259,20 +269,21 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
                 continue
         wire_format = connection.wire_format
         if wire_format is not rendered_for:  # most targets share one
-            outbounds = rendered.get(wire_format)
-            if outbounds is None:
-                outbounds = rendered[wire_format] = _render(batch, wire_format)
-            rendered_for = wire_format
+            found = rendered.get(wire_format)
+            if found is None:
+                found = rendered[wire_format] = _render(batch, wire_format)
+            outbounds, rendered_for = found, wire_format
         direct = connection.direct
         if direct is not None:
             framing = connection.framing
             if framing is not last_framing or wire_format is not last_wire_format \
                     or allowed is not last_allowed:
                 key = (framing, wire_format, allowed)
-                data = framed.get(key)
-                if data is None:
-                    data = framed[key] = framing.encode(
-                        [outbounds[k] for k in allowed if outbounds[k] is not None])
+                cached = framed.get(key)
+                if cached is None:
+                    cached = framed[key] = framing.encode(
+                        [o for o in (outbounds[k] for k in allowed) if o is not None])
+                data = cached
                 last_framing, last_wire_format, last_allowed = framing, wire_format, allowed
             if not data:
                 continue
@@ -280,12 +291,14 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
                 if connection.keeps:  # it can say later how far it got
                     sent_now = connection.mailbox.sent_now
                     for k in allowed:
-                        if outbounds[k] is not None:
-                            sent_now(outbounds[k])
+                        outbound = outbounds[k]
+                        if outbound is not None:
+                            sent_now(outbound)
                 continue
         for k in allowed:
-            if outbounds[k] is not None:
-                connection.enqueue(outbounds[k])
+            outbound = outbounds[k]
+            if outbound is not None:
+                connection.enqueue(outbound)
 
 
 def _size(message: Any) -> int:
@@ -293,7 +306,7 @@ def _size(message: Any) -> int:
     return len(message) if type(message) is str else 256
 
 
-def _allowed(batch: list[Broadcast], connection) -> tuple:
+def _allowed(batch: list[Broadcast], connection: "Connection") -> tuple[int, ...]:
     """The indices of the broadcasts of ``batch`` meant for ``connection``."""
     allowed = []
     for k, broadcast in enumerate(batch):
@@ -306,9 +319,9 @@ def _allowed(batch: list[Broadcast], connection) -> tuple:
     return tuple(allowed)
 
 
-def _render(batch: list[Broadcast], wire_format) -> list:
+def _render(batch: list[Broadcast], wire_format: WireFormat) -> list[Outbound | None]:
     """Each message of ``batch`` rendered by ``wire_format``, ``None`` where it cannot be."""
-    outbounds = []
+    outbounds: list[Outbound | None] = []
     for broadcast in batch:
         try:
             outbounds.append(Outbound(wire_format.render(broadcast.message)))

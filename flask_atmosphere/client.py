@@ -5,6 +5,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from werkzeug.datastructures import Headers
+
 from .filters import SkipSelf
 from .transports.wsframes import sendable_close_code
 
@@ -24,7 +26,7 @@ class ConnectRequest:
         view_args: the route variables (``{"room": "blue"}``).
         args: the query parameters, without the Atmosphere protocol's own
             (``X-Atmosphere-*``, ``X-atmo-protocol``, ``_``, …).
-        headers: the request headers (read-only).
+        headers: the request headers (Werkzeug's ``Headers``, read-only).
         remote_addr: the peer's address, as Flask's ``request.remote_addr``
             (behind ``ProxyFix``, the client's).
         transport: the transport in use (``"websocket"``, …).
@@ -32,7 +34,7 @@ class ConnectRequest:
     path: str
     view_args: Mapping[str, Any] = field(default_factory=dict)
     args: Mapping[str, str] = field(default_factory=dict)
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Headers = field(default_factory=Headers)
     remote_addr: str | None = None
     transport: str = "websocket"
 
@@ -72,8 +74,8 @@ class ReadOnlySession(Mapping[str, Any]):
         raise TypeError("the session is read-only inside receive (it is the session of the "
                         "request that opened the connection); change it in an ordinary view")
 
-    __setitem__ = __delitem__ = _read_only  # type: ignore[assignment]
-    pop = popitem = clear = update = setdefault = _read_only  # type: ignore[assignment]
+    __setitem__ = __delitem__ = _read_only
+    pop = popitem = clear = update = setdefault = _read_only
 
 
 class AtmosphereClient:

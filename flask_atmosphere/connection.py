@@ -103,7 +103,8 @@ class Connection:
     """
     __slots__ = ("atmosphere", "app", "settings", "uuid", "path", "params", "wire_format",
                  "mailbox", "keeps", "carrier", "direct", "framing", "poll_answered", "client",
-                 "environ", "session", "binding", "_lost_reported", "_lock", "_opened", "_opening", "_kicked",
+                 "environ", "session", "binding", "_lost_reported", "_lock", "_opened", "_opening",
+                 "_kicked",
                  "_finished", "_grace_timer", "__weakref__")
 
     def __init__(self, atmosphere: "Atmosphere", app: "Flask", settings: "Settings",

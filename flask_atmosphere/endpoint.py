@@ -25,7 +25,8 @@ from .connection import Connection
 from .decisions import (MISSING_TRANSPORT, NOT_UPGRADED, Ask, Kind, Open, Refusal, Resume,
                         classify, client_for, parameter_refusal)
 from .environ import GEVENT_WEBSOCKET_KEY, UPGRADE_KEY
-from .protocol import PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, new_tracking_id, parse_params
+from .protocol import (PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, new_tracking_id,
+                       parse_params)
 from .registry import normalize_path
 from . import lean
 from .transports import longpolling, sse, streaming, websocket
@@ -185,7 +186,8 @@ def _new_connection(atmosphere: "Atmosphere", settings: "Settings", route: "Rout
         transport=transport,
     )
     frozen = ReadOnlySession(session, bool(getattr(session, "permanent", False)))
-    connection = Connection(atmosphere, current_app._get_current_object(), settings, route,
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    connection = Connection(atmosphere, app, settings, route,
                             uuid or new_tracking_id(), params, connect_request, frozen, environ,
                             binding)
     if params.offset:  # a client that comes back too late counts on from where it was
@@ -214,7 +216,8 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
         offset = int(last_event_id) if last_event_id.isdigit() else None
     if existing is not None:
         existing.resume(params, offset)
-        connection, new, cookies = existing, False, []
+        connection, new = existing, False
+        cookies: list[tuple[str, str]] = []
     else:
         connection, cookies = _new_connection(atmosphere, settings, route, params,
                                               decision.uuid if isinstance(decision, Open) else None,
@@ -228,6 +231,7 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
             return _refuse(refused, upgraded)
     if transport == "websocket":
         return _websocket(connection, new, upgraded, cookies)
+    response: Response
     if transport == "streaming":
         response = streaming.serve(connection, new, request.environ)
     elif transport == "sse":

@@ -7,7 +7,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from flask import Blueprint, Flask, current_app
+from flask import Blueprint, Flask, Response, current_app
 from flask.ctx import RequestContext
 
 from . import endpoint, lean
@@ -113,14 +113,15 @@ class Atmosphere:
             RuntimeError: ``init_app`` was not called for ``app``.
         """
         if app is None:
-            app = current_app._get_current_object()
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
         try:
             return self._apps[app]
         except KeyError:
             raise RuntimeError("Atmosphere.init_app(app) was not called for this app") from None
 
-    def route(self, rule: str, *, bp: Blueprint | None = None, wire_format: WireFormat | None = None,
-              endpoint: str | None = None) -> Callable[[type], type]:
+    def route(self, rule: str, *, bp: Blueprint | None = None,
+              wire_format: WireFormat | None = None, endpoint: str | None = None
+              ) -> Callable[[type], type]:
         """Bind an ``AtmosphereClient`` subclass to ``rule``, beside the app's
         (or the blueprint's) ordinary routes::
 
@@ -154,10 +155,9 @@ class Atmosphere:
         return decorate
 
     def _add_rule(self, target: Flask | Blueprint, route: Route) -> None:
-        def view(**_view_args):
+        def view(**_view_args: Any) -> Response:
             return endpoint.serve(self, route)
         view.__name__ = route.endpoint
-        view.atmosphere_route = route
         # Werkzeug matches WebSocket upgrades only against websocket rules.
         # The HTTP rule comes first, so that url_for() builds an http URL.
         target.add_url_rule(route.rule, route.endpoint, view, methods=["GET", "POST", "OPTIONS"],
@@ -166,10 +166,13 @@ class Atmosphere:
 
     def before_connect(self, hook: Callable[[], Any]) -> Callable[[], Any]:
         """Register ``hook()``, called in the request context (``flask.request``,
-        ``flask.session``) before a new client is created on any transport,
-        and before a WebSocket upgrade where the server allows (see
-        ``atmosphere.run``). It refuses the connection by raising
-        ``Refused(status, reason)`` (e.g. 401, 403). Usable as a decorator::
+        ``flask.session``, with the app's middleware applied) on every request
+        that opens a client on any transport, comes back for one (a
+        reconnect, each long-poll, a resumed stream) or speaks for one (a
+        message POST); for a WebSocket, before the upgrade where the server
+        allows (``atmosphere.run``). It refuses by raising
+        ``Refused(status, reason)`` (e.g. 401, 403) or an ``HTTPException``
+        (``abort(403)``). Usable as a decorator::
 
             @atmosphere.before_connect
             def logged_in():
@@ -179,7 +182,8 @@ class Atmosphere:
         self.before_connect_hooks.append(hook)
         return hook
 
-    def error_handler(self, handler: Callable[[AtmosphereClient, BaseException], Any]):
+    def error_handler(self, handler: Callable[[AtmosphereClient, BaseException], Any]
+                      ) -> Callable[[AtmosphereClient, BaseException], Any]:
         """Register ``handler(client, exception)``, called (in the app context)
         when a client's ``receive`` raises. Usable as a decorator. The client
         then also receives an ``Error`` event and stays connected."""

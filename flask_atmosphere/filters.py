@@ -48,28 +48,28 @@ class ClientFilter:
 
 @dataclass(frozen=True, repr=False)
 class _Everyone(ClientFilter):
-    def allows(self, client, sender_uuid):
+    def allows(self, client: Any, sender_uuid: str | None) -> bool:
         return True
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Everyone"
 
 
 @dataclass(frozen=True, repr=False)
 class _SkipSelf(ClientFilter):
-    def allows(self, client, sender_uuid):
-        return client.uuid != sender_uuid
+    def allows(self, client: Any, sender_uuid: str | None) -> bool:
+        return bool(client.uuid != sender_uuid)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "SkipSelf"
 
 
 @dataclass(frozen=True, repr=False)
 class _OnlySelf(ClientFilter):
-    def allows(self, client, sender_uuid):
-        return client.uuid == sender_uuid
+    def allows(self, client: Any, sender_uuid: str | None) -> bool:
+        return bool(client.uuid == sender_uuid)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "OnlySelf"
 
 
@@ -88,25 +88,25 @@ class Predicate(ClientFilter):
     works in the process that defined it."""
     predicate: Callable[[Any], bool]
 
-    def allows(self, client, sender_uuid):
+    def allows(self, client: Any, sender_uuid: str | None) -> bool:
         return bool(self.predicate(client))
 
 
 @dataclass(frozen=True)
 class AllOf(ClientFilter):
     """Allows a client that every one of ``filters`` allows."""
-    filters: tuple
+    filters: tuple[ClientFilter, ...]
 
-    def allows(self, client, sender_uuid):
+    def allows(self, client: Any, sender_uuid: str | None) -> bool:
         return all(f.allows(client, sender_uuid) for f in self.filters)
 
 
 @dataclass(frozen=True)
 class AnyOf(ClientFilter):
     """Allows a client that any one of ``filters`` allows."""
-    filters: tuple
+    filters: tuple[ClientFilter, ...]
 
-    def allows(self, client, sender_uuid):
+    def allows(self, client: Any, sender_uuid: str | None) -> bool:
         return any(f.allows(client, sender_uuid) for f in self.filters)
 
 
@@ -115,7 +115,7 @@ class Not(ClientFilter):
     """Allows exactly the clients that ``filter`` refuses."""
     filter: ClientFilter
 
-    def allows(self, client, sender_uuid):
+    def allows(self, client: Any, sender_uuid: str | None) -> bool:
         return not self.filter.allows(client, sender_uuid)
 
 

@@ -35,6 +35,12 @@ Everything else goes the full way, unchanged: new clients (tracking id ``0``)
 and unknown tracking ids, POSTs (messages run the app's ``receive`` inside
 the request), ``close``, streaming, SSE, WebSocket, preflights, refusals
 (a foreign origin gets its 403 there, logged) and malformed requests.
+
+Upstream internals used here, checked against Flask 3.1.3 and Werkzeug 3.1.9:
+the app's hook registries (``before_request_funcs`` and the rest, above),
+``SecureCookieSessionInterface``, and the ``werkzeug.url_quote`` codec error
+handler that importing ``werkzeug.urls`` registers, so that the query is
+decoded as Flask's ``request.args`` decodes it.
 """
 from __future__ import annotations
 
@@ -118,7 +124,7 @@ def install(atmosphere: "Atmosphere", app: Flask) -> bool:
     if getattr(wsgi_app, "__func__", None) is not Flask.wsgi_app \
             or getattr(wsgi_app, "__self__", None) is not app:
         return False
-    app.wsgi_app = LeanPath(atmosphere, app, wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = LeanPath(atmosphere, app, wsgi_app)
     return True
 
 

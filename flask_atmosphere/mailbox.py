@@ -141,7 +141,8 @@ class Mailbox:
     def __init__(self, max_messages: int, max_bytes: int, overflow: str = "disconnect",
                  history_messages: int = 0, history_bytes: int = 0):
         if overflow not in ("disconnect", "drop-oldest"):
-            raise ValueError(f"overflow policy must be 'disconnect' or 'drop-oldest', not {overflow!r}")
+            raise ValueError(
+                f"overflow policy must be 'disconnect' or 'drop-oldest', not {overflow!r}")
         self._queue: deque[tuple[int, Outbound]] = deque()     # not yet taken
         self._history: deque[tuple[int, Outbound]] = deque()   # taken, kept
         self._bytes = 0

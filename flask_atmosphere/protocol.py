@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import uuid as _uuid
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping, Protocol
 
 __all__ = [
     "ProtocolError", "VersionNotSupported", "AtmosphereParams", "parse_params", "TRANSPORTS",
@@ -98,7 +98,8 @@ class AtmosphereParams:
         match = _VERSION.match(self.framework.split("-", 1)[0].strip())
         if not match:
             return None
-        return tuple(int(part or 0) for part in match.groups())
+        major, minor, patch = (int(part or 0) for part in match.groups())
+        return major, minor, patch
 
 
 def _flag(name: str, value: str | None) -> bool:
@@ -112,7 +113,14 @@ def _flag(name: str, value: str | None) -> bool:
     raise ProtocolError(f"{name} must be true or false, not {value[:40]!r}")
 
 
-def parse_params(query: Mapping[str, str], headers: Mapping[str, str] | None = None
+class HeaderItems(Protocol):
+    """What :func:`parse_params` reads of request headers: their items
+    (a ``dict``, or Werkzeug's ``Headers``)."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+def parse_params(query: Mapping[str, str], headers: HeaderItems | None = None
                  ) -> AtmosphereParams:
     """Read the Atmosphere parameters of a request.
 
@@ -138,7 +146,8 @@ def parse_params(query: Mapping[str, str], headers: Mapping[str, str] | None = N
             found.setdefault(lowered, value)
     for key, value in (headers or {}).items():
         lowered = key.lower()
-        if lowered.startswith("x-atmosphere-") or lowered in ("x-heartbeat-server", "x-atmo-protocol"):
+        if lowered.startswith("x-atmosphere-") \
+                or lowered in ("x-heartbeat-server", "x-atmo-protocol"):
             found[lowered] = value
 
     transport = found.get("x-atmosphere-transport")

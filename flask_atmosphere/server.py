@@ -76,49 +76,55 @@ class AtmosphereHandler(WSGIHandler):
         """``UPGRADE_KEY``: send the 101 (RFC 6455 §4.2.2) with ``headers``
         and give the socket away, with what the request's reader holds
         beyond the request. The server will neither read nor close it."""
-        key = self.environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip().encode("latin-1")
+        handler: Any = self  # pywsgi's internals (see the module's description)
+        key = handler.environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip().encode("latin-1")
         lines = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: websocket",
                  b"Connection: Upgrade", b"Sec-WebSocket-Accept: " + generate_accept_token(key)]
         lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
-        self.socket.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        handler.socket.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
         self._upgraded = True
-        self.status = b"101 Switching Protocols"
-        self._orig_status = "101 Switching Protocols"
-        self.code = 101
-        self.headers_sent = True
-        self.close_connection = True
-        self.server.parked.add(self.socket)
-        return self.socket, read_buffered(self.rfile)
+        handler.status = b"101 Switching Protocols"
+        handler._orig_status = "101 Switching Protocols"
+        handler.code = 101
+        handler.headers_sent = True
+        handler.close_connection = True
+        handler.server.parked.add(handler.socket)
+        return handler.socket, read_buffered(handler.rfile)
 
     def run_application(self) -> None:
         try:
             super().run_application()
         finally:
             if self._upgraded:
-                self.socket = None  # pywsgi neither reads nor closes it any more
+                handler: Any = self
+                handler.socket = None  # pywsgi neither reads nor closes it any more
 
     def _write_with_headers(self, data: bytes) -> None:
         # pywsgi's, with the status line, the headers and a whole small body
         # (one with a Content-Length) in one send (pywsgi sends the headers on
         # their own): the same bytes, one syscall fewer on each side.
+        handler: Any = self
         if not data or len(data) > _COALESCE_MAX:
-            return super()._write_with_headers(data)
-        self.headers_sent = True
-        self.finalize_headers()
-        if self.response_use_chunked:  # a stream: as pywsgi, headers on their own
-            self._sendall(self._header_block())
-            self._write(data)
+            handler_class: Any = WSGIHandler
+            handler_class._write_with_headers(self, data)
+            return
+        handler.headers_sent = True
+        handler.finalize_headers()
+        if handler.response_use_chunked:  # a stream: as pywsgi, headers on their own
+            handler._sendall(self._header_block())
+            handler._write(data)
             return
         towrite = self._header_block()
         towrite += data
-        self._sendall(towrite)
+        handler._sendall(towrite)
 
     def _header_block(self) -> bytearray:
         """The status line and headers of the response, as pywsgi writes them."""
+        handler: Any = self  # there, status and headers are bytes already
         towrite = bytearray(b"HTTP/1.1 ")
-        towrite += self.status
+        towrite += handler.status
         towrite += b"\r\n"
-        for header, value in self.response_headers:
+        for header, value in handler.response_headers:
             towrite += header
             towrite += b": "
             towrite += value
@@ -137,11 +143,12 @@ class AtmosphereHandler(WSGIHandler):
         Raises:
             OSError: the send failed (as ``write``).
         """
-        if not (data and self.headers_sent and self.response_use_chunked):
-            self.write(data)
+        handler: Any = self
+        if not (data and handler.headers_sent and handler.response_use_chunked):
+            handler.write(data)
             return
-        self.response_use_chunked = False  # the last chunk goes here, not in process_result
-        self._sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+        handler.response_use_chunked = False  # the last chunk goes here, not in process_result
+        handler._sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
 
     def format_request(self) -> str:
         # Tracking ids act for their clients until a grace period ends:
@@ -202,7 +209,10 @@ class AtmosphereServer:
     @property
     def port(self) -> int:
         """The TCP port the server listens on (known once started)."""
-        return int(self.wsgi.server_port)
+        port = self.wsgi.server_port
+        if port is None:
+            raise RuntimeError("the server is not started")
+        return port
 
     def start(self) -> None:
         """Start listening; connections are served on this thread's hub."""
@@ -222,7 +232,8 @@ class AtmosphereServer:
     def serve_forever(self) -> None:
         """Start and serve until SIGINT or SIGTERM (main thread only), then stop."""
         self.start()
-        host, port = self.wsgi.address[:2]
+        address: Any = self.wsgi.address
+        host, port = address[:2]
         log.info("flask-atmosphere serving on http://%s:%s", host, port)
         for signum in (signal.SIGINT, signal.SIGTERM):
             gevent.signal_handler(signum, lambda: gevent.spawn(self.stop))

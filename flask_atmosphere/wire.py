@@ -63,15 +63,15 @@ class JsonWireFormat(WireFormat):
             return JsonMessage(value)
         return TextMessage(text)
 
-    def render(self, message):
+    def render(self, message: Any) -> str:
         if isinstance(message, str):
             return message
         return simplejson.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return type(other) is type(self)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(type(self))
 
 
@@ -79,18 +79,18 @@ class TextWireFormat(WireFormat):
     """Plain text: every inbound message is a ``TextMessage``, and only ``str``
     can be sent (anything else raises ``TypeError``)."""
 
-    def parse(self, text):
+    def parse(self, text: str) -> TextMessage | JsonMessage:
         return TextMessage(text)
 
-    def render(self, message):
+    def render(self, message: Any) -> str:
         if not isinstance(message, str):
             raise TypeError(f"TextWireFormat sends only str, not {type(message).__name__}")
         return message
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return type(other) is type(self)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(type(self))
 
 

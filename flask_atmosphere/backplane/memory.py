@@ -30,11 +30,13 @@ class Backplane:
 class MemoryBackplane(Backplane):
     """One process only: ``publish`` delivers at once, on the calling greenlet."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._deliver: Callable[["Broadcast"], None] | None = None
 
-    def start(self, deliver):
+    def start(self, deliver: Callable[["Broadcast"], None]) -> None:
         self._deliver = deliver
 
-    def publish(self, broadcast):
+    def publish(self, broadcast: "Broadcast") -> None:
+        if self._deliver is None:
+            raise RuntimeError("MemoryBackplane.publish before start")
         self._deliver(broadcast)

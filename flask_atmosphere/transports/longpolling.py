@@ -173,8 +173,11 @@ class Poll:
         connection = self.connection
         wait = connection.settings.long_poll_batch_wait
         if wait > 0:
-            with gevent.Timeout(wait, False):
-                gevent.idle()
+            try:
+                with gevent.Timeout(wait):
+                    gevent.idle()
+            except gevent.Timeout:
+                pass
 
     def _answer(self, batch: list[tuple[int, Any]] | None) -> bytes | None:
         """The body for what ``take`` gave: ``None`` for nothing at all (the

@@ -133,16 +133,15 @@ def empty_response() -> Response:
     return Response("", mimetype="text/plain", headers=NO_CACHE)
 
 
-_date = [0, ""]  # [second, its Date header]
+_date: tuple[int, str] = (0, "")  # (second, its Date header)
 
 
 def http_date() -> str:
     """Now as the value of an HTTP ``Date`` header (RFC 9110 §5.6.7,
     ``Mon, 30 Nov 2026 01:49:23 GMT``), made once per second. A response
     that brings its own spares the server making one per response."""
+    global _date
     now = int(time.time())
-    cached = _date
-    if cached[0] != now:
-        cached[1] = formatdate(now, usegmt=True)
-        cached[0] = now
-    return cached[1]
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True))
+    return _date[1]

@@ -20,14 +20,13 @@ def final_writer(environ: dict[str, Any], write: Write) -> Write:
     the server's ``FINAL_WRITE_KEY`` one if ``write`` (what
     ``start_response`` returned) is that server's own ``write``, so that no
     middleware's wrapper is bypassed; else ``write`` itself."""
-    final = environ.get(FINAL_WRITE_KEY)
+    final: Write | None = environ.get(FINAL_WRITE_KEY)
     if final is not None and getattr(write, "__self__", None) is getattr(final, "__self__", final):
         return final
     return write
 
 
-def timed_writer(environ, write: Callable[[bytes], None], timeout: float
-                 ) -> Write:
+def timed_writer(environ: dict[str, Any], write: Write, timeout: float) -> Write:
     """``write`` (the WSGI ``write`` callable) bounded to ``timeout`` seconds
     per call: past it the call raises ``TimeoutError``.
 
@@ -53,7 +52,7 @@ def timed_writer(environ, write: Callable[[bytes], None], timeout: float
     return bounded_by_socket
 
 
-def watch_eof(environ, callback: Callable[[], None]) -> Callable[[], None]:
+def watch_eof(environ: dict[str, Any], callback: Callable[[], None]) -> Callable[[], None]:
     """Call ``callback()`` once if the peer of the request closes its end of
     the socket while the response is held or streaming (nothing else is read
     from it then, so readable means EOF). Returns a function that stops
@@ -65,7 +64,7 @@ def watch_eof(environ, callback: Callable[[], None]) -> Callable[[], None]:
         return lambda: None
     watcher = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
 
-    def check():
+    def check() -> None:
         try:
             data = sock.recv(1, socket.MSG_PEEK)
         except OSError:
@@ -73,22 +72,24 @@ def watch_eof(environ, callback: Callable[[], None]) -> Callable[[], None]:
         if not data:
             callback()
 
-    def readable():
+    def readable() -> None:
         watcher.stop()  # once: a pipelined request is no EOF, and no busy loop
         gevent.spawn(check)
 
     watcher.start(readable)
-    return watcher.close
+    stop: Callable[[], None] = watcher.close
+    return stop
 
 
-def socket_abort(environ) -> Callable[[], None]:
+def socket_abort(environ: dict[str, Any]) -> Callable[[], None]:
     """A function that shuts down the socket of the request ``environ``,
     waking a blocked write (a no-op where the server does not show it)."""
     sock = environ.get(SOCKET_KEY)
 
-    def abort():
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
-            pass
+    def abort() -> None:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
     return abort

@@ -85,7 +85,7 @@ def open_stream(connection: Connection, new: bool, environ: dict[str, Any], mime
     if handshake_due(connection.params):
         hello = encode_text(connection.handshake())
     beat = encode_text(heartbeat_text(connection.params))
-    error: list = []
+    error: list[OSError] = []
 
     # The legacy (2.x-4.x) XHR client reads a stream by progress events:
     # it drops what shares one with the handshake when it does not track

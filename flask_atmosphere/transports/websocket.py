@@ -14,6 +14,13 @@ and a greenlet is spawned only while there is work for one: running the
 app's ``receive`` for inbound messages, or writing what the socket did not
 take at once. Under gevent-websocket's handler the request's greenlet stays
 and reads; everything else is the same.
+
+Upstream internals used here, checked against gevent 26.9.0 and
+gevent-websocket 0.10.1: a gevent socket's ``_sock`` (the real socket, for
+non-blocking sends from the hub); the buffered reader of a pywsgi request,
+``rfile.raw._sock`` (:func:`read_buffered`); and, on gevent-websocket's
+handler, its ``WebSocket``'s ``closed``, ``handler.socket`` and
+``handler.rfile``.
 """
 from __future__ import annotations
 
@@ -146,8 +153,8 @@ class WebSocketPeer:
         self.wrote = False       # something was written since the last heartbeat
         self.watcher: Any = None
         self.timer: Any = None
-        self.writer: gevent.Greenlet | None = None
-        self.dispatcher: gevent.Greenlet | None = None
+        self.writer: gevent.Greenlet[[], None] | None = None
+        self.dispatcher: gevent.Greenlet[[], None] | None = None
         self.inbound: deque[Any] | None = None
         self._closed_event: Event | None = None
         self.write_timeout = settings.write_timeout

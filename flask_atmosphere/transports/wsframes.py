@@ -7,6 +7,11 @@ of chat-sized messages needs on top: a size limit per message checked as the
 bytes arrive (never a buffer of what a header merely announces), binary
 messages taken as UTF-8 text, and every refusal turned into the close code
 RFC 6455 §7.4.1 gives for it.
+
+Upstream internals used here, checked against wsproto 1.3.2:
+``wsproto.frame_protocol.FrameProtocol`` (``receive_bytes``,
+``received_frames``, and ``close``/``ping``/``pong`` for the server's
+control frames), its ``Frame`` fields and ``ParseFailed``.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING, Sequence
 
-from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
+from wsproto.frame_protocol import CloseReason, Frame, FrameProtocol, Opcode, ParseFailed
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..mailbox import Outbound
@@ -73,13 +78,13 @@ class InboundFrames:
 
     def __init__(self, max_message_size: int):
         self._protocol = FrameProtocol(client=False, extensions=[])
-        self._parts: list = []
+        self._parts: list[bytes | str] = []
         self._size = 0
         self._binary = False
         self.max_message_size = max_message_size
         self.done = False
 
-    def receive(self, data: bytes) -> list:
+    def receive(self, data: bytes) -> list[Message | Ping | Close]:
         """Parse ``data`` (the next bytes from the peer).
 
         Returns:
@@ -90,7 +95,7 @@ class InboundFrames:
         """
         if self.done:
             return []
-        events: list = []
+        events: list[Message | Ping | Close] = []
         self._protocol.receive_bytes(data)
         try:
             for frame in self._protocol.received_frames():
@@ -100,8 +105,10 @@ class InboundFrames:
                     if message is not None:
                         events.append(message)
                 elif opcode is Opcode.PING:
+                    assert isinstance(frame.payload, (bytes, bytearray))
                     events.append(Ping(bytes(frame.payload)))
                 elif opcode is Opcode.CLOSE:
+                    assert isinstance(frame.payload, tuple)
                     code, reason = frame.payload
                     events.append(Close(int(code), reason))
                     self.done = True
@@ -117,22 +124,24 @@ class InboundFrames:
             raise
         return events
 
-    def _data(self, frame, binary: bool) -> Message | None:
+    def _data(self, frame: Frame, binary: bool) -> Message | None:
         """One piece of a data message; the whole message once it is complete."""
         if not self._parts:
             self._binary = binary
-        self._size += len(frame.payload.encode("utf-8") if isinstance(frame.payload, str)
-                          else frame.payload)
+        payload = frame.payload  # str for text (wsproto decodes it), bytes for binary
+        assert isinstance(payload, (str, bytes, bytearray))
+        self._size += len(payload.encode("utf-8") if isinstance(payload, str) else payload)
         if self._size > self.max_message_size:
             raise FrameRefused(1009, "message too big")
-        self._parts.append(frame.payload)
+        self._parts.append(payload if isinstance(payload, str) else bytes(payload))
         if not frame.message_finished:
             return None
         parts, self._parts, self._size = self._parts, [], 0
         if not self._binary:
-            return Message("".join(parts))
+            return Message("".join(str(part) for part in parts))
         try:
-            return Message(b"".join(parts).decode("utf-8"))
+            return Message(b"".join(part for part in parts if isinstance(part, bytes))
+                           .decode("utf-8"))
         except UnicodeError:
             raise FrameRefused(1007, "binary message is not UTF-8 text") from None
 
