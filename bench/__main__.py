@@ -5,12 +5,18 @@ gevent-websocket relay. See bench/README.md.
     python -m bench compare --clients 1000 --messages 600 --rate 20
     python -m bench standard            # the comparison in bench/README.md
     python -m bench standard --quick    # a small smoke run of the same
+    python -m bench storm --servers raw,atmosphere --clients 3000,10000   # connect cost
+
+A server may be named ``SERVER@REV`` (``atmosphere@8440b72``): that one
+imports flask_atmosphere as of git revision REV, so that two revisions run
+interleaved in one comparison.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,6 +54,20 @@ def _quick(load: dict) -> dict:
     if load.get("rate"):
         load["rate"] = max(load["rate"], 10)
     return load
+
+
+def split_label(label: str, rev: str | None = None) -> tuple[str, str | None]:
+    """``SERVER@REV`` -> (SERVER, REV); a plain ``SERVER`` keeps ``rev``
+    (``--rev``, or None for the working tree)."""
+    server, at, own = label.partition("@")
+    return server, (own if at else rev)
+
+
+def check_servers(labels) -> None:
+    for label in labels:
+        server, _ = split_label(label)
+        if server not in SERVERS and not (Path(__file__).parent / "servers" / f"{server}.py").exists():
+            raise SystemExit(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
 
 
 # -- the table -------------------------------------------------------------------
@@ -141,6 +161,8 @@ def command_line(servers, load: dict, args=None) -> str:
         cmd += ["--rev", args.rev]
     if args is not None and args.wait_quiet:
         cmd += ["--wait-quiet", f"{args.wait_quiet:g}"]
+    if args is not None and args.retry_disturbed:
+        cmd += ["--retry-disturbed", str(args.retry_disturbed)]
     for key in ("transport", "clients", "messages", "rate", "window", "size"):
         if key in load:
             cmd += [f"--{key}", f"{load[key]:g}" if isinstance(load[key], float) else str(load[key])]
@@ -176,6 +198,13 @@ def _machine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each server this many times (interleaved) and keep the run "
                              "that other processes disturbed least")
+    parser.add_argument("--retry-disturbed", type=int, default=0, metavar="K",
+                        help="run a run again, up to K times, when other processes used more "
+                             "than --max-disturbance of the cores during it; keep the least "
+                             "disturbed try")
+    parser.add_argument("--max-disturbance", type=float, default=0.15, metavar="SHARE",
+                        help="what --retry-disturbed tolerates: other processes' share of a "
+                             "core during a run, both cores added (0.15)")
 
 
 def _load(args) -> dict:
@@ -201,8 +230,26 @@ def _brief(r: dict) -> dict:
             "loadgen_cpu_util": r["loadgen_cpu_util"], "disturbance": round(disturbance(r), 3)}
 
 
+def run_retrying(call, retries: int = 0, limit: float = 0.15, verbose: bool = False) -> dict:
+    """``call()`` (one run), again up to ``retries`` times while other
+    processes disturbed it more than ``limit`` (see :func:`disturbance`);
+    the least disturbed try, with ``tries`` and every try's disturbance."""
+    tries = [call()]
+    while disturbance(tries[-1]) > limit and len(tries) <= retries:
+        if verbose:
+            print(f"  disturbed ({100 * disturbance(tries[-1]):.0f}% of a core by others): "
+                  f"again ({len(tries)} of {retries})", file=sys.stderr, flush=True)
+        time.sleep(1)
+        tries.append(call())
+    best = min(tries, key=disturbance)
+    best["tries"] = len(tries)
+    best["tries_disturbance"] = [round(disturbance(r), 3) for r in tries]
+    return best
+
+
 def _run_all(servers, load: dict, verbose: bool, repeat: int = 1,
-             wait_quiet: float = 0, rev: str | None = None) -> list[dict]:
+             wait_quiet: float = 0, rev: str | None = None, retries: int = 0,
+             limit: float = 0.15) -> list[dict]:
     runs: dict[str, list[dict]] = {server: [] for server in servers}
     for attempt in range(max(1, repeat)):
         for server in servers:
@@ -210,8 +257,12 @@ def _run_all(servers, load: dict, verbose: bool, repeat: int = 1,
                 print(f"== {server}: {describe(load)}"
                       + (f" (run {attempt + 1} of {repeat})" if repeat > 1 else ""),
                       file=sys.stderr, flush=True)
-            runs[server].append(run_once(server, verbose=verbose, wait_quiet=wait_quiet,
-                                         rev=rev, **load))
+            name, server_rev = split_label(server, rev)
+            result = run_retrying(
+                lambda: run_once(name, verbose=verbose, wait_quiet=wait_quiet, rev=server_rev,
+                                 **load), retries, limit, verbose)
+            result["server"] = server
+            runs[server].append(result)
             time.sleep(1)  # let the sockets of the last run go
     results = []
     for server in servers:
@@ -236,10 +287,36 @@ def cmd_run(args) -> None:
     if args.profile and args.perf:
         raise SystemExit("--profile and --perf: one profiler at a time")
     profile = Path(args.profile or args.perf) if (args.profile or args.perf) else None
-    result = run_once(args.server, verbose=not args.quiet, profile=profile,
-                      profile_native=args.native, profile_perf=bool(args.perf),
-                      wait_quiet=args.wait_quiet, rev=args.rev, **load)
+    server, rev = split_label(args.server, args.rev)
+    if args.storm:
+        load.update(messages=0, transport="ws")
+    # no --retry-disturbed with a profiler: the profile would be the last try's
+    result = run_retrying(
+        lambda: run_once(server, verbose=not args.quiet, profile=profile,
+                         profile_native=args.native, profile_perf=bool(args.perf),
+                         wait_quiet=args.wait_quiet, rev=rev, storm=args.storm,
+                         connect_concurrency=args.concurrency, **load),
+        0 if profile else args.retry_disturbed, args.max_disturbance, not args.quiet)
+    result["server"] = args.server
     info = _machine(args)
+    if args.storm:
+        print(f"connect storm, N={load['clients']}, {args.concurrency} handshakes at a time; "
+              f"{_machine_line(info)}\n")
+        print(storm_table({args.server: [result]}))
+        extra = storm_notes({args.server: [result]})
+        if extra:
+            print("\n" + extra)
+        if args.full:
+            print(json.dumps(result, indent=1))
+        _save(args.json, {"machine": info, "load": load, "results": [result]})
+        if args.perf:
+            from .perf_summary import report
+            print("\n" + report(args.perf, deliveries=len_connected(result), unit="connection",
+                                 phase="the connect phase"))
+        elif profile is not None:
+            from .profile_summary import report
+            print("\n" + report(str(profile), top=25))
+        return
     print(f"{describe(load)}; {_machine_line(info)}\n")
     print(table([result]))
     extra = notes([result])
@@ -259,12 +336,11 @@ def cmd_run(args) -> None:
 def cmd_compare(args) -> None:
     servers = args.servers.split(",")
     if args.transport == "poll":
-        servers = [s for s in servers if s in POLLING_SERVERS]
-    for server in servers:
-        if server not in SERVERS and not (Path(__file__).parent / "servers" / f"{server}.py").exists():
-            raise SystemExit(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
+        servers = [s for s in servers if split_label(s)[0] in POLLING_SERVERS]
+    check_servers(servers)
     load = _load(args)
-    results = _run_all(servers, load, not args.quiet, args.repeat, args.wait_quiet, args.rev)
+    results = _run_all(servers, load, not args.quiet, args.repeat, args.wait_quiet, args.rev,
+                       args.retry_disturbed, args.max_disturbance)
     info = _machine(args)
     print(f"{describe(load)}; {_machine_line(info)}\n")
     print(table(results))
@@ -285,7 +361,8 @@ def cmd_standard(args) -> None:
             continue
         load = _quick(load) if args.quick else dict(load)
         servers = [s for s in servers if not args.servers or s in args.servers.split(",")]
-        results = _run_all(servers, load, not args.quiet, args.repeat, args.wait_quiet, args.rev)
+        results = _run_all(servers, load, not args.quiet, args.repeat, args.wait_quiet, args.rev,
+                           args.retry_disturbed, args.max_disturbance)
         section = [f"## {name}: {what}", "", f"`{command_line(servers, load, args)}`", "",
                    table(results)]
         extra = notes(results)
@@ -295,6 +372,134 @@ def cmd_standard(args) -> None:
         print("\n".join(section), flush=True)
         report += section
         saved["scenarios"][name] = {"load": load, "results": results}
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text("\n".join(report) + "\n")
+        print(f"report written to {args.markdown}", file=sys.stderr)
+    _save(args.json, saved)
+
+
+# -- the connect storm -------------------------------------------------------------
+
+def len_connected(result: dict) -> int:
+    """How many receivers connected in a storm."""
+    return result["clients"] - result["connect"]["failures"]
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def storm_table(runs: dict[str, list[dict]], reference: str = "raw") -> str:
+    """A markdown table of connect storms: one row per server, the median of
+    its rounds (``runs[server]``, interleaved with the other servers'), and
+    ratios to ``reference`` taken round by round (the median of the ratios)."""
+    ref = runs.get(reference)
+    head = ["server", "connects/s: handshakes (ready)", "CPU µs/connect",
+            f"×{reference}", "rounds: CPU µs/connect", "handshake phase µs/connect",
+            f"×{reference}", "after ready µs/conn", "probe µs/frame",
+            "srv CPU", "loadgen CPU", "handshake p50/p99 ms", "RSS/conn B"]
+    rows = [head, ["---"] * len(head)]
+
+    def ratio(server_runs, key):
+        if not ref:
+            return "-"
+        ratios = [r["connect"][key] / b["connect"][key]
+                  for r, b in zip(server_runs, ref) if b["connect"][key]]
+        return _fmt(_median(ratios), 2) if ratios else "-"
+
+    for server, rs in runs.items():
+        c = [r["connect"] for r in rs]
+        rows.append([
+            server,
+            f'{_fmt(_median([x["per_s"] for x in c]), 0)} ({_fmt(_median([x["ready_per_s"] for x in c]), 0)})',
+            _fmt(_median([x["server_cpu_us_per_connection"] for x in c]), 1),
+            ratio(rs, "server_cpu_us_per_connection"),
+            ", ".join(_fmt(x["server_cpu_us_per_connection"], 0) for x in c),
+            _fmt(_median([x["server_cpu_us_handshakes"] for x in c]), 1),
+            ratio(rs, "server_cpu_us_handshakes"),
+            _fmt(_median([x["server_cpu_us_after_ready"] for x in c]), 1),
+            _fmt(_median([x["probe_cpu_us_per_frame"] for x in c]), 1),
+            f'{100 * _median([r["server_cpu_util"] for r in rs]):.0f}%',
+            f'{100 * _median([r["loadgen_cpu_util"] for r in rs]):.0f}%',
+            f'{_fmt(_median([x["p50_ms"] for x in c]), 1)}/{_fmt(_median([x["p99_ms"] for x in c]), 1)}',
+            _fmt(_median([r["rss"]["per_connection_bytes"] for r in rs]), 0),
+        ])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def storm_notes(runs: dict[str, list[dict]]) -> str:
+    out = []
+    for server, rs in runs.items():
+        for k, r in enumerate(rs, 1):
+            flags = []
+            c = r["connect"]
+            if c["failures"]:
+                flags.append(f"{c['failures']} connections failed")
+            if r.get("not_ready"):
+                flags.append(f"{r['not_ready']} receivers never got a probe")
+            if r["errors"] or r["disconnects"]:
+                flags.append(f"{r['disconnects']} disconnects, {r['errors']} errors")
+            background = r.get("background_busy")
+            if background is not None and background > 0.15:
+                flags.append(f"other processes kept the cores {100 * background:.0f}% busy just before")
+            d = disturbance(r)
+            if d > 0.15:
+                flags.append(f"others used {100 * d:.0f}% of a core during the storm")
+            if flags:
+                out.append(f"- {server}, round {k}: " + "; ".join(flags))
+    return "\n".join(out)
+
+
+def storm_command(args, n: int) -> str:
+    cmd = ["python -m bench storm", "--servers", args.servers, "--clients", str(n)]
+    if args.concurrency != 100:
+        cmd += ["--concurrency", str(args.concurrency)]
+    if args.repeat > 1:
+        cmd += ["--repeat", str(args.repeat)]
+    if args.rev:
+        cmd += ["--rev", args.rev]
+    if args.wait_quiet:
+        cmd += ["--wait-quiet", f"{args.wait_quiet:g}"]
+    if args.retry_disturbed:
+        cmd += ["--retry-disturbed", str(args.retry_disturbed)]
+    return " ".join(cmd)
+
+
+def cmd_storm(args) -> None:
+    servers = args.servers.split(",")
+    check_servers(servers)
+    sizes = [int(x) for x in str(args.clients).split(",")]
+    info = _machine(args)
+    report = [f"# Connect storm", "", _machine_line(info), ""]
+    saved = {"machine": info, "storms": {}}
+    verbose = not args.quiet
+    for n in sizes:
+        runs: dict[str, list[dict]] = {server: [] for server in servers}
+        for attempt in range(max(1, args.repeat)):
+            for label in servers:
+                if verbose:
+                    print(f"== {label}: connect storm, N={n}"
+                          + (f" (round {attempt + 1} of {args.repeat})" if args.repeat > 1 else ""),
+                          file=sys.stderr, flush=True)
+                server, rev = split_label(label, args.rev)
+                result = run_retrying(
+                    lambda: run_once(server, storm=True, clients=n, messages=0,
+                                     connect_concurrency=args.concurrency, verbose=verbose,
+                                     wait_quiet=args.wait_quiet, rev=rev),
+                    args.retry_disturbed, args.max_disturbance, verbose)
+                result["server"] = label
+                runs[label].append(result)
+                time.sleep(1)  # let the sockets of the last run go
+        section = [f"## N={n}", "", f"`{storm_command(args, n)}`", "", storm_table(runs, args.reference)]
+        extra = storm_notes(runs)
+        if extra:
+            section += ["", extra]
+        section.append("")
+        print("\n".join(section), flush=True)
+        report += section
+        saved["storms"][str(n)] = {"clients": n, "concurrency": args.concurrency, "runs": runs}
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text("\n".join(report) + "\n")
@@ -339,6 +544,11 @@ def main(argv=None) -> None:
                           "kernel and C frames, not Python's) and print where each delivery's "
                           "CPU time goes")
     run.add_argument("--full", action="store_true", help="print every number as JSON too")
+    run.add_argument("--storm", action="store_true",
+                     help="a connect storm instead of messages (see the storm command); "
+                          "--profile and --perf then record the connect phase")
+    run.add_argument("--concurrency", type=int, default=100,
+                     help="handshakes in flight at a time while connecting (100)")
     run.set_defaults(func=cmd_run)
 
     compare = sub.add_parser("compare", help="several servers, the same load, side by side")
@@ -346,6 +556,21 @@ def main(argv=None) -> None:
                          help=f"comma-separated, of {', '.join(SERVERS)}")
     _load_args(compare)
     compare.set_defaults(func=cmd_compare)
+
+    storm = sub.add_parser("storm", help="connect cost: N WebSocket clients connect, the "
+                                         "server's CPU time per connection, side by side")
+    storm.add_argument("--servers", default="raw,atmosphere",
+                       help="comma-separated, of SERVER or SERVER@REV (raw,atmosphere)")
+    storm.add_argument("--clients", "-n", default="3000,10000",
+                       help="comma-separated sizes N (3000,10000)")
+    storm.add_argument("--concurrency", type=int, default=100,
+                       help="handshakes in flight at a time (100, as the other runs connect)")
+    storm.add_argument("--reference", default="raw", help="the server of the ratio columns")
+    storm.add_argument("--markdown", type=Path, default=None, help="write the tables here")
+    storm.add_argument("--json", type=Path, default=None, help="write every number here")
+    storm.add_argument("--quiet", "-q", action="store_true")
+    _machine_args(storm)
+    storm.set_defaults(func=cmd_storm)
 
     standard = sub.add_parser("standard", help="the standard comparison of bench/README.md")
     standard.add_argument("--quick", action="store_true", help="a small smoke run of the same")

@@ -219,8 +219,13 @@ def run_once(server: str, *, transport: str = "ws", clients: int = 100, messages
              max_seconds: float = 300.0, connect_concurrency: int = 100,
              profile: Path | None = None, profile_native: bool = False,
              profile_perf: bool = False, log_dir: Path | None = None, verbose: bool = True,
-             wait_quiet: float = 0.0, rev: str | None = None) -> dict:
+             wait_quiet: float = 0.0, rev: str | None = None, storm: bool = False) -> dict:
     """One server, one load: returns the load generator's numbers.
+
+    With ``storm``, the load is connecting only (the load generator's
+    ``--storm``: N WebSocket receivers, the server's CPU time per connection
+    until all are registered; no messages), and a profiler records the
+    connect phase instead of the run phase.
 
     With ``wait_quiet`` > 0, first wait up to that many seconds for the
     machine to be quiet (other processes below 10 % of the cores for 2 s).
@@ -250,6 +255,10 @@ def run_once(server: str, *, transport: str = "ws", clients: int = 100, messages
                    "--size", str(size), "--idle-timeout", str(idle_timeout),
                    "--max-seconds", str(max_seconds),
                    "--connect-concurrency", str(connect_concurrency)]
+        if storm:
+            if transport != "ws":
+                raise ValueError("a connect storm is WebSocket only")
+            command.append("--storm")
         if profile is not None:
             profile.parent.mkdir(parents=True, exist_ok=True)
             profiler = Profiler(srv.pid, profile, loadgen_core, native=profile_native,
@@ -269,9 +278,10 @@ def run_once(server: str, *, transport: str = "ws", clients: int = 100, messages
                 if verbose:
                     print(f"  [{server}] {line}", file=sys.stderr, flush=True)
                 if profiler is not None:
-                    if line.startswith("phase: run"):
+                    # the run phase; with --storm, the connect phase (profile-start .. -stop)
+                    if line.startswith(("phase: run", "phase: profile-start")):
                         profiler.start()
-                    elif line.startswith("phase: done"):
+                    elif line.startswith(("phase: done", "phase: profile-stop")):
                         profiler.stop()
 
         watcher = threading.Thread(target=watch_stderr, daemon=True)
@@ -294,6 +304,7 @@ def run_once(server: str, *, transport: str = "ws", clients: int = 100, messages
             raise RuntimeError(f"the load generator failed ({proc.returncode}):\n{tail}")
         result = json.loads(lines[-1])
         result["server"] = server
+        result["storm"] = storm
         result["server_core"], result["loadgen_core"] = server_core, loadgen_core
         result["background_busy"] = background
         result["package_rev"] = commit or "working tree"

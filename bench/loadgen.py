@@ -122,6 +122,7 @@ class Run:
         self.last_delivery = 0.0
         self.first_delivery = 0.0
         self.ready = 0             # receivers that saw a probe
+        self.probe_frames = 0      # probe frames received, repeats included
         self.ready_at = None
         self.ready_event = asyncio.Event()
         self.progress = asyncio.Event()
@@ -133,6 +134,7 @@ class Run:
     def deliver(self, receiver, seq: int, sent: float) -> None:
         now = perf()
         if seq < 0:  # a readiness probe
+            self.probe_frames += 1
             if not receiver.ready:
                 receiver.ready = True
                 self.ready += 1
@@ -401,6 +403,8 @@ async def main(args) -> dict:
 
     # the sender first: it also warms the server up (first request, imports)
     sender = await ws_client(ws_url, None, protocol, WsClient, args.connect_timeout)
+    if args.storm:
+        return await storm(args, out, server, sender, run, ws_url, WsClient)
     await asyncio.sleep(args.settle)
     rss_before = server.rss_kib()
     cpu_connect0 = server.cpu_s()
@@ -579,6 +583,137 @@ async def main(args) -> dict:
     return out
 
 
+# -- the connect storm ---------------------------------------------------------
+
+async def storm(args, out: dict, server: ServerProc, sender, run: Run, ws_url: str,
+                WsClient) -> dict:
+    """``--storm``: what connecting costs, nothing else.
+
+    N WebSocket receivers connect (``--connect-concurrency`` handshakes at a
+    time, as fast as this process can); then probes go out through the
+    sender every ``--probe-interval`` until every receiver got one, i.e. the
+    server has really registered them all. The server's CPU time is read
+    before the first attempt, when the last handshake is done, and when the
+    last receiver got its probe; what the probes themselves cost the server
+    (one delivery per registered receiver per probe) is measured afterwards
+    with more probes, each awaited at every receiver, and taken off.
+    """
+    from picows import WSMsgType
+    TEXT = WSMsgType.TEXT
+    n = args.clients
+    protocol = args.protocol
+    probe = message_template(args.size, protocol) % (_PROBE, perf())
+
+    # the profiler (``--profile``) starts here: the settle leaves it time to attach
+    log("phase: profile-start (storm)")
+    await asyncio.sleep(args.settle)
+    rss0 = server.rss_kib()
+    cores0, cpu0, own0 = core_times(), server.cpu_s(), own_cpu_s()
+
+    log(f"phase: connect {n} ws receivers (storm, {args.connect_concurrency} at a time)")
+    connect_times: list[float] = []
+
+    async def connect_one():
+        start = perf()
+        listener = await ws_client(ws_url, run, protocol, WsClient, args.connect_timeout)
+        connect_times.append(perf() - start)
+        return listener
+
+    t0 = perf()
+    receivers, failures = await gather_bounded([connect_one] * n, args.connect_concurrency)
+    t_hs = perf()
+    cpu_hs, own_hs = server.cpu_s(), own_cpu_s()
+    if failures:
+        log(f"{len(failures)} connections failed, e.g. {failures[0]!r}")
+    run.n = n = len(receivers)
+    if not n:
+        raise SystemExit("no receiver connected")
+
+    probes = 0
+    deadline = perf() + args.connect_timeout + n / 200
+    while run.ready < n and perf() < deadline:
+        sender.transport.send(TEXT, probe)
+        probes += 1
+        try:
+            await asyncio.wait_for(run.ready_event.wait(), args.probe_interval)
+        except asyncio.TimeoutError:
+            pass
+    t_ready = run.ready_at if run.ready_at else perf()
+    cpu_ready, own_ready, cores1 = server.cpu_s(), own_cpu_s(), core_times()
+    probe_frames_ready = run.probe_frames
+    log("phase: profile-stop (storm)")
+    log(f"phase: ready {run.ready} of {n} in {t_ready - t0:.2f}s "
+        f"(handshakes {t_hs - t0:.2f}s, {probes} probes)")
+
+    # what came after: deferred work of the server, the last probe's frames
+    await asyncio.sleep(args.settle)
+    cpu_settled = server.cpu_s()
+    rss1 = server.rss_kib()
+
+    # the probes' own cost per frame: more probes, each awaited at every receiver
+    rounds = max(3, min(50, -(-50_000 // n)))
+    frames0, cpu_c0 = run.probe_frames, server.cpu_s()
+    for _ in range(rounds):
+        target = run.probe_frames + n
+        sender.transport.send(TEXT, probe)
+        until = perf() + 10
+        while run.probe_frames < target and perf() < until:
+            await asyncio.sleep(0.002)
+    probe_cpu = server.cpu_s() - cpu_c0
+    frames = run.probe_frames - frames0
+    per_frame = probe_cpu / frames if frames else 0.0
+
+    wall_hs, wall_ready = max(t_hs - t0, 1e-9), max(t_ready - t0, 1e-9)
+    connect_cpu = cpu_ready - cpu0
+    probe_share = per_frame * probe_frames_ready
+    out["storm"] = True
+    out["connect"] = {
+        "wall_s": round(wall_hs, 3),
+        "ready_s": round(t_ready - t0, 3) if run.ready_at else None,
+        "per_s": round(n / wall_hs, 1),
+        "ready_per_s": round(n / wall_ready, 1) if run.ready_at else None,
+        "p50_ms": round(_pct(connect_times, 50) * 1000, 2) if connect_times else None,
+        "p99_ms": round(_pct(connect_times, 99) * 1000, 2) if connect_times else None,
+        "failures": len(failures),
+        "concurrency": args.connect_concurrency,
+        "probes": probes,
+        "probe_frames": probe_frames_ready,
+        # the server's CPU time per connection (us)
+        "server_cpu_us_handshakes": round((cpu_hs - cpu0) * 1e6 / n, 1),
+        "server_cpu_us_ready_raw": round(connect_cpu * 1e6 / n, 1),
+        "server_cpu_us_per_connection": round((connect_cpu - probe_share) * 1e6 / n, 1),
+        "server_cpu_us_after_ready": round((cpu_settled - cpu_ready) * 1e6 / n, 1),
+        "probe_cpu_us_per_frame": round(per_frame * 1e6, 2),
+        "probe_calibration": {"probes": rounds, "frames": frames,
+                              "server_cpu_s": round(probe_cpu, 3)},
+        "server_cpu_s": round(connect_cpu, 3),
+    }
+    out["not_ready"] = n - run.ready
+    out["rss"] = {"before_kib": rss0, "after_kib": rss1,
+                  "per_connection_bytes": round((rss1 - rss0) * 1024 / n)}
+    # the numbers every table reads, of the connect phase (first attempt to ready)
+    out.update({
+        "sent": 0, "deliveries": 0, "lost": 0, "duplicates": 0, "out_of_order": 0,
+        "disconnects": run.disconnects, "errors": run.errors, "stalled": run.ready < n,
+        "duration_s": round(wall_ready, 3),
+        "server_cpu_s": round(connect_cpu, 3),
+        "server_cpu_util": round(connect_cpu / wall_ready, 3),
+        "loadgen_cpu_s": round(own_ready - own0, 3),
+        "loadgen_cpu_util": round((own_ready - own0) / wall_ready, 3),
+        "loadgen_cpu_util_handshakes": round((own_hs - own0) / wall_hs, 3),
+        "server_cpu_util_handshakes": round((cpu_hs - cpu0) / wall_hs, 3),
+        "core_busy": {str(core): round((cores1[core][0] - cores0[core][0])
+                                       / max(cores1[core][1] - cores0[core][1], 1e-9), 3)
+                      for core in cores1 if core in cores0},
+    })
+    log("phase: done")
+    for receiver in receivers:
+        if receiver.transport is not None:
+            receiver.transport.disconnect(graceful=False)
+    sender.transport.disconnect(graceful=False)
+    return out
+
+
 def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -608,6 +743,11 @@ def parse_args(argv=None):
                         help="end the run when nothing arrived for this long")
     parser.add_argument("--max-seconds", type=float, default=300.0,
                         help="stop sending after this long")
+    parser.add_argument("--storm", action="store_true",
+                        help="measure connecting only: N WebSocket receivers connect, the "
+                             "server's CPU time per connection until all are registered")
+    parser.add_argument("--probe-interval", type=float, default=0.1,
+                        help="--storm: seconds between readiness probes")
     return parser.parse_args(argv)
 
 

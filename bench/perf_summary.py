@@ -34,14 +34,16 @@ def _periods(path: str, fields: str) -> list[tuple[int, str]]:
     return rows
 
 
-def report(path: str, deliveries: int, top: int = 15) -> str:
-    """The summary of ``path`` for a run of ``deliveries`` deliveries."""
+def report(path: str, deliveries: int, top: int = 15, unit: str = "delivery",
+           phase: str = "the run phase") -> str:
+    """The summary of ``path`` for a run of ``deliveries`` deliveries (or
+    of another ``unit``: ``connection`` for a connect storm)."""
     if not deliveries:
-        return "no deliveries: nothing to divide by"
+        return f"no {unit}: nothing to divide by"
     per = 1e-3 / deliveries  # ns over the run -> µs per delivery
     by_dso = _periods(path, "period,dso")
     total = sum(period for period, _ in by_dso)
-    lines = [f"server CPU in the run phase: {total * per:.2f} µs per delivery (perf, cpu-clock)",
+    lines = [f"server CPU in {phase}: {total * per:.2f} µs per {unit} (perf, cpu-clock)",
              "", "by where it ran:"]
     lines += [f"  {period * per:6.2f} µs  {100 * period / total:5.1f} %  {dso}"
               for period, dso in by_dso[:8]]

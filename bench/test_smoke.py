@@ -94,3 +94,35 @@ def test_cli_quick_compare(tmp_path):
     saved = json.loads(out.read_text())
     assert [r["server"] for r in saved["results"]] == ["raw", "atmosphere"]
     assert all(r["lost"] == 0 for r in saved["results"])
+
+
+@pytest.mark.parametrize("server", ["raw", "atmosphere"])
+def test_connect_storm(server, tmp_path):
+    """``--storm``: every receiver connects and is registered, and the
+    server's CPU time per connection is counted."""
+    result = run_once(server, storm=True, clients=30, messages=0, connect_concurrency=10,
+                      verbose=False, log_dir=tmp_path)
+    connect = result["connect"]
+    assert result["storm"] is True
+    assert connect["failures"] == 0
+    assert result["not_ready"] == 0
+    assert connect["probes"] >= 1 and connect["probe_frames"] >= 30
+    assert connect["per_s"] > 0 and connect["ready_per_s"] > 0
+    assert connect["server_cpu_us_ready_raw"] >= connect["server_cpu_us_handshakes"] >= 0
+    assert connect["probe_calibration"]["frames"] >= 30
+    assert result["errors"] == 0
+
+
+def test_cli_storm(tmp_path):
+    out = tmp_path / "storm.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "storm", "-q", "--servers", "raw,atmosphere@HEAD",
+         "--clients", "20", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| raw |" in proc.stdout and "| atmosphere@HEAD |" in proc.stdout
+    saved = json.loads(out.read_text())
+    runs = saved["storms"]["20"]["runs"]
+    assert list(runs) == ["raw", "atmosphere@HEAD"]
+    assert all(r["connect"]["failures"] == 0 and r["not_ready"] == 0
+               for rs in runs.values() for r in rs)

@@ -24,7 +24,9 @@ _EXPORTS = {
     "ServerDisconnected": "events", "Error": "events", "TextMessage": "events",
     "JsonMessage": "events", "MessagesLost": "events",
     "ClientFilter": "filters", "Everyone": "filters", "SkipSelf": "filters",
-    "OnlySelf": "filters", "Predicate": "filters",
+    "OnlySelf": "filters", "Predicate": "filters", "Uuids": "filters",
+    "client_filter": "filters",
+    "Emitter": "emitter",
     "WireFormat": "wire", "JsonWireFormat": "wire", "TextWireFormat": "wire",
 }
 
@@ -37,7 +39,9 @@ if TYPE_CHECKING:  # pragma: no cover  (names for type checkers: __all__ has the
     from .events import (ClientDisconnected, Connected, Disconnected, Error,  # noqa: F401
                          JsonMessage, MessagesLost, ServerDisconnected, TextMessage)
     from .extension import Atmosphere  # noqa: F401
-    from .filters import ClientFilter, Everyone, OnlySelf, Predicate, SkipSelf  # noqa: F401
+    from .emitter import Emitter  # noqa: F401
+    from .filters import (ClientFilter, Everyone, OnlySelf, Predicate, SkipSelf,  # noqa: F401
+                          Uuids, client_filter)
     from .wire import JsonWireFormat, TextWireFormat, WireFormat  # noqa: F401
 
 

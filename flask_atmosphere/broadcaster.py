@@ -8,15 +8,16 @@ that hub with ``loop.run_callback_threadsafe``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable
 
 import gevent
 from gevent.monkey import get_original
 
-from .filters import ClientFilter, Everyone, SkipSelf
+from .broadcast import Broadcast
+from .filters import Everyone, SkipSelf
 from .mailbox import CloseRequest, MailboxFull, Outbound
+from .backplane.shards import shard_of
 from .registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,25 +38,6 @@ MAX_COALESCED = 32
 MAX_COALESCED_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Broadcast:
-    """One broadcast as it crosses the backplane.
-
-    Attributes:
-        path: a broadcaster path, or a path prefix (by whole segments).
-        message: the message: a ``str``, or what the route's wire format renders.
-        to: the client filter.
-        sender: the uuid of the broadcasting client; ``None`` for a server-side push.
-        exact: ``True`` to reach the broadcaster ``path`` only (a client's
-            ``broadcast``), ``False`` for ``path`` and every path below it.
-    """
-    path: str
-    message: Any
-    to: ClientFilter
-    sender: str | None = None
-    exact: bool = False
-
-
 class Broadcaster:
     """Delivers broadcasts to the local clients.
 
@@ -73,9 +55,11 @@ class Broadcaster:
         backplane: carries broadcasts between processes.
     """
 
-    def __init__(self, registry: Registry, backplane: "Backplane"):
+    def __init__(self, registry: Registry, backplane: "Backplane",
+                 count: Callable[[str, int], None] | None = None):
         self.registry = registry
         self.backplane = backplane
+        self._count = count
         self._loop: Any = None  # the adopted hub's libev loop
         self._thread_id: int | None = None
         self._pending: list[Broadcast | tuple[Callable[..., Any], tuple[Any, ...]]] = []
@@ -84,7 +68,14 @@ class Broadcaster:
         #: Clients whose mailbox is past half its bound, with the time by
         #: which it must be below it again (see :meth:`relieve`).
         self._pressed: dict["Connection", float] = {}
-        backplane.start(self.deliver)
+        backplane.start(self.deliver_threadsafe, self.lost_threadsafe, count)
+
+    def use(self, backplane: "Backplane") -> None:
+        """Carry broadcasts through ``backplane`` from now on (the one the
+        app's configuration names, at ``init_app``), instead of the current one."""
+        self.backplane.stop()
+        self.backplane = backplane
+        backplane.start(self.deliver_threadsafe, self.lost_threadsafe, self._count)
 
     def attach(self, hub: Any, replace: bool = False) -> None:
         """Adopt ``hub`` (a ``gevent.hub.Hub``) as the one that owns the
@@ -122,10 +113,13 @@ class Broadcaster:
     def publish(self, broadcast: Broadcast) -> None:
         """Send ``broadcast`` through the backplane, from any thread; a
         greenlet of the hub's thread may be held back by :meth:`relieve`."""
-        if self._loop is not None and self._thread_id != _native_thread_id():
+        if self._loop is not None and self._thread_id != _native_thread_id() \
+                and not self.backplane.thread_safe:
             self._loop.run_callback_threadsafe(self.backplane.publish, broadcast)
             return
         self.backplane.publish(broadcast)
+        if not self.on_hub_thread():
+            return
         if self._pressed or len(self._pending) >= MAX_COALESCED:
             self.relieve()
 
@@ -171,6 +165,24 @@ class Broadcaster:
             connection.close_now(CloseRequest(1008, "slow consumer", drain=False, error=MailboxFull(
                 f"{len(mailbox)} messages, {mailbox.queued_bytes} bytes queued for "
                 f"{connection.settings.write_timeout}s")))
+
+    def deliver_threadsafe(self, broadcast: Broadcast) -> None:
+        """:meth:`deliver`, from any thread (a backplane's)."""
+        if self._loop is not None and self._thread_id != _native_thread_id():
+            self._loop.run_callback_threadsafe(self.deliver, broadcast)
+        else:
+            self.deliver(broadcast)
+
+    def lost_threadsafe(self, shard: int, shards: int, count: int | None) -> None:
+        """A backplane lost ``count`` publications (``None``: an unknown
+        number) of ``shard`` among ``shards``: every local client of that
+        shard is told (``MessagesLost``), from any thread."""
+        self.call(self._lost_in_shard, shard, shards, count)
+
+    def _lost_in_shard(self, shard: int, shards: int, count: int | None) -> None:
+        for connection in self.registry:
+            if shard_of(connection.path, shards) == shard:
+                connection.messages_lost(count, "backplane", logged=False)
 
     def deliver(self, broadcast: Broadcast) -> None:
         """Fan ``broadcast`` out to the matching local clients, on the hub
@@ -219,7 +231,7 @@ class Broadcaster:
             while i + len(batch) < end and size < MAX_COALESCED_BYTES:
                 following = pending[i + len(batch)]
                 if not isinstance(following, Broadcast) or following.path != item.path \
-                        or following.exact != item.exact:
+                        or following.exact != item.exact or following.shard != item.shard:
                     break
                 batch.append(following)
                 size += _size(following.message)
@@ -244,6 +256,9 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
     """
     first = batch[0]
     targets = registry.at(first.path) if first.exact else registry.under(first.path)
+    if first.shard is not None:  # one shard's copy of a broadcast that spans shards
+        shard, shards = first.shard
+        targets = [c for c in targets if shard_of(c.path, shards) == shard]
     if not targets:
         return
     everyone = tuple(range(len(batch)))

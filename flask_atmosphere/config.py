@@ -33,9 +33,10 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 __all__ = ["ConfigError", "Key", "KEYS", "DEFAULTS", "Settings", "unknown_keys",
-           "markdown_table"]
+           "markdown_table", "redis_url"]
 
 _PREFIX = "ATMOSPHERE_"
 
@@ -269,6 +270,43 @@ def _cookie_name(value: object) -> str | None:
     return value
 
 
+def _backplane(value: object) -> str | None:
+    """``None``, or a Redis URL (see :func:`redis_url`)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError()
+    return redis_url(value)
+
+
+def redis_url(value: str) -> str:
+    """``value`` if it is a Redis URL the backplane can use:
+    ``redis://[:password@]host[:port][/db]`` or ``rediss://`` (TLS).
+
+    Raises:
+        ValueError: it is not; the message says why.
+    """
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises on a bad port
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("the scheme must be redis:// or rediss://")
+    if not parts.hostname:
+        raise ValueError("a host is missing")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ValueError("the path must be a database number")
+    return value
+
+
+def _prefix(value: object) -> str:
+    if not isinstance(value, str) or not value or not value.isprintable() \
+            or any(c in value for c in "{} "):
+        raise ValueError()
+    return value
+
+
 def _url_path(value: object) -> str | None:
     if value is not None and not (isinstance(value, str) and value.startswith("/")):
         raise ValueError()
@@ -365,6 +403,36 @@ KEYS: tuple[Key, ...] = (
         keeps none."""),
     _whole("ATMOSPHERE_HISTORY_MAX_BYTES", 1024 * 1024, "bytes", positive=False, doc="""
         The same bound in bytes."""),
+    Key("ATMOSPHERE_BACKPLANE", "None or a Redis URL, redis://[:password@]host[:port][/db] "
+        "or rediss:// (TLS)", None, None, """
+        How broadcasts reach the clients of other processes: `None` keeps
+        them in this one (the embedded default); a Redis URL
+        (`"redis://127.0.0.1:6379/0"`, `rediss://` for TLS) carries them
+        through Redis to every process of the app.""", _backplane),
+    Key("ATMOSPHERE_REDIS_PREFIX", "a non-empty string without spaces or braces",
+        "atmosphere", None, """
+        The prefix of every Redis key and channel of the backplane: apps with
+        other prefixes share a Redis without seeing each other.""", _prefix),
+    _whole("ATMOSPHERE_REDIS_SHARDS", 1, "shards", positive=True, doc="""
+        How many shards the broadcaster paths are spread over, by their first
+        segment; broadcasts are ordered per shard (one shard: one order for
+        all). More shards spread the load over a Redis Cluster."""),
+    _whole("ATMOSPHERE_REDIS_STREAM_MAX_LENGTH", 10_000, "publications", positive=True, doc="""
+        How many publications each shard keeps in Redis, so that a process
+        that missed some (a reconnect) gets them; older ones are lost to it,
+        and announced."""),
+    _seconds("ATMOSPHERE_REDIS_STREAM_MAX_AGE", 300, positive=True, doc="""
+        Seconds a publication is kept in Redis at most (and an idle shard's
+        stream)."""),
+    _whole("ATMOSPHERE_REDIS_OUTBOX", 10_000, "publications", positive=True, doc="""
+        How many publications may wait for Redis in one process; past it the
+        oldest goes to this process's clients only (logged, counted)."""),
+    _seconds("ATMOSPHERE_REDIS_PROBE_INTERVAL", 5, positive=True, doc="""
+        Seconds between two probes of the backplane's own subscription; one
+        that got none back for twice as long (and a second) is restarted."""),
+    _seconds("ATMOSPHERE_REDIS_TIMEOUT", 2, positive=True, doc="""
+        Seconds a Redis command or connect may take before the backplane
+        counts Redis as unreachable."""),
 )
 
 _BY_NAME = {key.name: key for key in KEYS}
@@ -396,6 +464,14 @@ class Settings:
     resume_cookie: str | None
     history_max_messages: int
     history_max_bytes: int
+    backplane: str | None
+    redis_prefix: str
+    redis_shards: int
+    redis_stream_max_length: int
+    redis_stream_max_age: float
+    redis_outbox: int
+    redis_probe_interval: float
+    redis_timeout: float
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:

@@ -23,7 +23,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from greenlet import GreenletExit
 
-from .broadcaster import Broadcast
+from .broadcast import Broadcast
 from .decisions import Refusal
 from .events import (ClientDisconnected, Connected, Disconnected, Error, MessagesLost,
                      ServerDisconnected)
@@ -202,13 +202,14 @@ class Connection:
             if lost:
                 self.messages_lost(lost, "history")
 
-    def messages_lost(self, count: int, reason: str, logged: bool = True) -> None:
+    def messages_lost(self, count: int | None, reason: str, logged: bool = True) -> None:
         """``count`` messages meant for the client are gone for good: log it
         (if ``logged``), count it, and tell the client object (``MessagesLost``)."""
         if logged:
             log.warning("client %s on %s lost %d messages (%s)", self.uuid, self.path, count,
                         reason)
-        self.atmosphere.counters.add("messages_lost", count)
+        if count is not None:
+            self.atmosphere.counters.add("messages_lost", count)
         gevent.spawn(self.dispatch, MessagesLost(count, self.path, reason))
 
     def _report_drops(self) -> None:

@@ -27,7 +27,7 @@ from .decisions import (MISSING_TRANSPORT, NOT_UPGRADED, Ask, Kind, Open, Refusa
 from .environ import GEVENT_WEBSOCKET_KEY, UPGRADE_KEY
 from .protocol import (PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, new_tracking_id,
                        parse_params)
-from .registry import normalize_path
+from .broadcast import path_key
 from . import lean
 from .transports import longpolling, sse, streaming, websocket
 from .transports.responses import UpgradedResponse, empty_response, refusal_response
@@ -148,7 +148,7 @@ def _existing(atmosphere: "Atmosphere", settings: "Settings", params: Atmosphere
     registry = atmosphere.registry
     holder = registry.get(tracking_id) if tracking_id != "0" else None
     held = holder is not None and not holder.finished
-    resumable = held and holder is not None and holder.path == normalize_path(request.path) \
+    resumable = held and holder is not None and holder.path == path_key(request.path) \
         and binding_matches(holder.binding, resume_key(settings))
     decision = client_for(tracking_id, held, resumable, registry.closed(tracking_id))
     return (holder if isinstance(decision, Resume) else None), decision
@@ -178,7 +178,7 @@ def _new_connection(atmosphere: "Atmosphere", settings: "Settings", route: "Rout
     environ.update((name, value) for name, value in request.environ.items()
                    if name.startswith("HTTP_"))
     connect_request = ConnectRequest(
-        path=normalize_path(request.path),
+        path=path_key(request.path),
         view_args=dict(request.view_args or {}),
         args={k: v for k, v in request.args.items() if k.lower() not in PROTOCOL_PARAMS},
         headers=EnvironHeaders(environ),

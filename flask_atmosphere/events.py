@@ -84,14 +84,16 @@ class MessagesLost:
     ``recovered: false`` asks its apps to.
 
     Attributes:
-        count: how many messages were lost.
+        count: how many messages were lost; ``None`` when that is not known
+            (Redis lost the backplane's history itself).
         path: the broadcaster they were meant for (the client's own path).
         reason: why: ``"history"`` (the client came back reporting less than
             it was sent, and the history no longer held the rest) or
             ``"overflow"`` (``ATMOSPHERE_MAILBOX_OVERFLOW = "drop-oldest"``
-            dropped them from a full mailbox).
+            dropped them from a full mailbox) or ``"backplane"`` (Redis lost
+            broadcasts to this client's shard, see the README's scale-out).
     """
-    count: int
+    count: int | None
     path: str
     reason: str = "history"
 

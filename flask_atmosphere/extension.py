@@ -12,7 +12,8 @@ from flask.ctx import RequestContext
 
 from . import endpoint, lean
 from .backplane import Backplane, MemoryBackplane
-from .broadcaster import Broadcast, Broadcaster
+from .broadcast import Broadcast, normalize_path
+from .broadcaster import Broadcaster
 from .client import AtmosphereClient
 from .config import DEFAULTS, Settings, unknown_keys
 from .filters import Everyone, as_filter
@@ -63,7 +64,9 @@ class Atmosphere:
         self.registry = Registry()
         #: What happened to messages and connections in this process (see :meth:`stats`).
         self.counters = Stats()
-        self.broadcaster = Broadcaster(self.registry, backplane or MemoryBackplane())
+        self.broadcaster = Broadcaster(self.registry, backplane or MemoryBackplane(),
+                                       self.counters.add)
+        self._own_backplane = backplane is not None
         self._routes: list[Route] = []
         self._apps: "weakref.WeakKeyDictionary[Flask, Settings]" = weakref.WeakKeyDictionary()
         self._error_handlers: list[Callable[[AtmosphereClient, BaseException], Any]] = []
@@ -95,6 +98,13 @@ class Atmosphere:
             app.config.setdefault(key, value)
         self._apps[app] = settings
         app.extensions["atmosphere"] = self
+        if not self._own_backplane and settings.backplane is not None:
+            from .backplane.redis import RedisBackplane  # redis-py: the "redis" extra
+            self.broadcaster.use(RedisBackplane(
+                settings.backplane, settings.redis_prefix, settings.redis_shards,
+                settings.redis_stream_max_length, settings.redis_stream_max_age,
+                settings.redis_outbox, settings.redis_probe_interval, settings.redis_timeout))
+            self._own_backplane = True
         for route in self._routes:
             if route.blueprint is None:
                 self._add_rule(app, route)
@@ -225,21 +235,23 @@ class Atmosphere:
                 renders (``dict``/``list`` as JSON by default).
             to: a client filter, or a callable ``(client) -> bool``.
         """
-        self.broadcaster.publish(Broadcast(path, message, as_filter(to)))
+        self.broadcaster.publish(Broadcast(normalize_path(path), message, as_filter(to)))
 
     def broadcast_all(self, message: Any, to: Any = Everyone) -> None:
         """Push ``message`` to every client of every route (see :meth:`broadcast`)."""
         self.broadcast("/", message, to)
 
-    def stats(self) -> dict[str, int]:
-        """What happened in this process so far: ``clients`` (live now) and
-        the counters of ``stats.Stats`` (messages in, lost and dropped,
-        slow consumers cut, refusals, disconnects by who ended them)."""
-        return {"clients": len(self.registry), **self.counters.snapshot()}
+    def stats(self) -> dict[str, Any]:
+        """What happened in this process so far: ``clients`` (live now),
+        ``backplane`` (its kind and state), and the counters of
+        ``stats.Stats`` (messages in, lost and dropped, slow consumers cut,
+        refusals, disconnects by who ended them, the backplane's losses)."""
+        return {"clients": len(self.registry), "backplane": self.broadcaster.backplane.state(),
+                **self.counters.snapshot()}
 
     def clients(self, path: str = "/") -> list[AtmosphereClient]:
         """The live clients of ``path`` and below (every client by default)."""
-        return [connection.client for connection in self.registry.under(path)]
+        return [connection.client for connection in self.registry.under(normalize_path(path))]
 
     # -- serving --------------------------------------------------------------
 

@@ -9,26 +9,15 @@ from __future__ import annotations
 
 from time import monotonic
 from typing import TYPE_CHECKING, Iterator
-from urllib.parse import unquote
-
 from gevent.event import Event
+
+from .broadcast import path_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
     from .decisions import Refusal
 
-__all__ = ["Registry", "normalize_path"]
-
-
-def normalize_path(path: str) -> str:
-    """The broadcaster key of ``path``, the one form for registering and for
-    broadcasting alike: percent-escapes decoded once (so that
-    ``url_for("room", room="a b")``, ``/rooms/a%20b``, and the request's own
-    ``request.path``, ``/rooms/a b``, name one broadcaster), a leading
-    ``/``, no trailing ``/`` (``"/"`` stays ``"/"``)."""
-    if "%" in path:
-        path = unquote(path)
-    return "/" + path.strip("/")
+__all__ = ["Registry"]
 
 
 class Registry:
@@ -95,14 +84,14 @@ class Registry:
         """The live connection with this uuid (tracking id), or ``None``."""
         return self._by_uuid.get(uuid)
 
-    def at(self, path: str) -> list["Connection"]:
+    def at(self, path: str) -> list["Connection"]:  # a key: see broadcast.path_key
         """A snapshot of the connections of the broadcaster ``path`` exactly."""
-        return list(self._by_path.get(normalize_path(path), {}).values())
+        return list(self._by_path.get(path_key(path), {}).values())
 
     def under(self, prefix: str) -> list["Connection"]:
         """A snapshot of the connections of ``prefix`` and of every path below
         it, by whole segments. ``"/"`` reaches every connection."""
-        prefix = normalize_path(prefix)
+        prefix = path_key(prefix)
         if prefix == "/":
             return list(self._by_uuid.values())
         below = prefix + "/"

@@ -11,7 +11,9 @@ class FreezingProxy:
     """Listens on a free port of 127.0.0.1 and relays every connection to
     ``port``, in threads of its own, until :meth:`freeze`: from then on it
     relays nothing, reads nothing, and keeps every socket open, so that
-    neither end notices. :meth:`stop` closes everything."""
+    neither end notices. After :meth:`thaw`, new connections are relayed
+    again (the frozen ones stay dead, as after a NAT forgot them).
+    :meth:`stop` closes everything."""
 
     def __init__(self, port: int):
         self.target = port
@@ -29,18 +31,21 @@ class FreezingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
+            frozen = self.frozen  # this connection's fate: the proxy's now
             with self._lock:
                 self.sockets += [downstream, upstream]
             for source, sink in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+                threading.Thread(target=self._relay, args=(source, sink, frozen),
+                                 daemon=True).start()
 
-    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
-        while not self.frozen.is_set():
+    def _relay(self, source: socket.socket, sink: socket.socket,
+               frozen: threading.Event) -> None:
+        while not frozen.is_set():
             try:
                 data = source.recv(65536)
             except OSError:
                 return
-            if not data or self.frozen.is_set():
+            if not data or frozen.is_set():
                 return  # frozen: what was read is dropped, as on a dead link
             try:
                 sink.sendall(data)
@@ -50,6 +55,10 @@ class FreezingProxy:
     def freeze(self) -> None:
         """From now on nothing gets through, and nobody is told."""
         self.frozen.set()
+
+    def thaw(self) -> None:
+        """New connections get through again; the frozen ones stay dead."""
+        self.frozen = threading.Event()
 
     def stop(self) -> None:
         self.frozen.set()

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import gevent
 import pytest
 from flask import Flask, request
 from playwright.sync_api import Browser, Page, sync_playwright

@@ -10,8 +10,10 @@ from flask import Blueprint, Flask, session
 
 from conftest import ATMOSPHERE_PARAMS, WSClient
 from flask_atmosphere import (Atmosphere, AtmosphereClient, ClientDisconnected, Connected,
-                              Disconnected, Error, Everyone, JsonMessage, OnlySelf, Predicate,
-                              ServerDisconnected, SkipSelf, TextMessage, TextWireFormat)
+                              Disconnected, Error, Everyone, JsonMessage, MessagesLost,
+                              OnlySelf, Predicate,
+                              ServerDisconnected, SkipSelf, TextMessage, TextWireFormat, Uuids,
+                              client_filter)
 from flask_atmosphere.broadcaster import Broadcast
 from flask_atmosphere.mailbox import Outbound
 
@@ -39,9 +41,16 @@ def make_app(recorder, **config):
                 case Connected():
                     self.send({"hello": self.uuid, "room": self.request.view_args.get("room")})
                 case JsonMessage({"cmd": "broadcast", "to": to, "msg": msg}):
-                    target = {"everyone": Everyone, "skipself": SkipSelf, "onlyself": OnlySelf,
-                              "other-admins": SkipSelf & Predicate(is_admin)}[to]
+                    if isinstance(to, dict):  # {"uuids": [...]}
+                        target = Uuids(*to["uuids"])
+                    else:
+                        target = {"everyone": Everyone, "skipself": SkipSelf,
+                                  "onlyself": OnlySelf,
+                                  "other-admins": SkipSelf & Predicate(is_admin),
+                                  "other-admins-by-name": SkipSelf & admins(role="admin")}[to]
                     self.broadcast(msg, to=target)
+                case MessagesLost(count, _, reason):
+                    self.send({"lost": count, "reason": reason})
                 case JsonMessage({"cmd": "raise"}):
                     raise RuntimeError("boom")
                 case JsonMessage({"cmd": "close", "code": code, "reason": reason}):
@@ -138,6 +147,12 @@ def test_client_filters(live, recorder):
 
 def is_admin(client):
     return client.request.args.get("role") == "admin"
+
+
+@client_filter("test-role")
+def admins(client, role):
+    """A filter by name: it crosses processes as data."""
+    return client.request.args.get("role") == role
 
 
 def test_app_defined_filters_compose(live, recorder):

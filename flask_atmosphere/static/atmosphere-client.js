@@ -216,7 +216,8 @@
       this.client._post(this, text);
     }
 
-    stop(goodbye) { // eslint-disable-line no-unused-vars
+    /** End the link; `goodbye`: the client leaves (see WebSocketLink.stop). */
+    stop(goodbye) {
       this.dead = true;
     }
   }

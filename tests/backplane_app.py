@@ -1,0 +1,55 @@
+"""One process of a multi-process app for the backplane tests:
+
+    python tests/backplane_app.py REDIS_URL [KEY=VALUE ...]
+
+It serves the recording app of ``test_websocket.py`` (its clients broadcast
+and send on command) on a free port of 127.0.0.1 with the Redis backplane,
+plus ``/push?path=...&msg=...`` (a broadcast from a view) and ``/stats``,
+prints ``PORT <n>`` once it listens, and stops on SIGTERM.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from flask import jsonify, request
+
+from conftest import Recorder
+from test_websocket import make_app
+from flask_atmosphere.server import AtmosphereServer
+
+
+def main() -> None:
+    url, *pairs = sys.argv[1:]
+    config = {"ATMOSPHERE_BACKPLANE": url, "ATMOSPHERE_REDIS_PROBE_INTERVAL": 0.5,
+              "ATMOSPHERE_REDIS_TIMEOUT": 0.5}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        config[key] = json.loads(value)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app, atmosphere = make_app(Recorder(), **config)
+
+    @app.route("/push")
+    def push():
+        atmosphere.broadcast(request.args["path"], request.args["msg"])
+        return "ok"
+
+    @app.route("/stats")
+    def stats():
+        return jsonify(atmosphere.stats())
+
+    server = AtmosphereServer(app, "127.0.0.1", 0)
+    server.start()
+    print(f"PORT {server.port}", flush=True)
+    import gevent
+    import signal
+    stopped = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stopped.set)
+    stopped.wait()
+    server.stop(1)
+
+
+if __name__ == "__main__":
+    main()
