@@ -139,3 +139,33 @@ def test_an_emitter_pushes_from_a_plain_python_process(redis_server, app_process
                    timeout=TIMEOUT)
     assert json.loads(a.recv()) == {"from": "a cron job"}
     assert a.recv() == "to everyone"
+
+
+def test_redis_memory_stays_flat_under_a_long_run(redis_server, app_processes):
+    # A soak in the tests' time scale: streams capped at 100 publications and
+    # 1 s, thousands published in rounds; every key has a TTL or is one of a
+    # fixed few (a shard's meta), and Redis's memory does not grow round to round.
+    config = {"ATMOSPHERE_REDIS_SHARDS": 2, "ATMOSPHERE_REDIS_STREAM_MAX_LENGTH": 100,
+              "ATMOSPHERE_REDIS_STREAM_MAX_AGE": 1}
+    one = app_processes(redis_server.url, **config)
+    wait_up(one)
+    a = ws(one, "/rooms/a")
+    emitter = Emitter(redis_server.url, shards=2, stream_max_length=100, stream_max_age=1)
+    r = redis_server.client()
+    used = []
+    for round_ in range(4):
+        for i in range(1000):
+            emitter.broadcast(f"/rooms/{i % 7}", "x" * 200)
+        emitter.broadcast("/rooms/a", f"end of round {round_}")
+        while a.recv() != f"end of round {round_}":
+            pass
+        used.append(r.info("memory")["used_memory"])
+        for key in r.scan_iter():
+            kind = r.type(key)
+            if kind == b"stream":
+                assert r.xlen(key) <= 300  # capped ("~": whole nodes of 100)
+                assert 0 < r.pttl(key) <= 1000
+            else:
+                assert kind == b"hash" and key.endswith(b":meta")
+        assert r.dbsize() <= 4  # a stream and a meta per shard: nothing else, nothing more
+    assert max(used[1:]) < used[0] * 1.2 + 256 * 1024  # flat after the first round
