@@ -14,6 +14,7 @@ interleaved in one comparison.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -259,8 +260,8 @@ def _run_all(servers, load: dict, verbose: bool, repeat: int = 1,
                       file=sys.stderr, flush=True)
             name, server_rev = split_label(server, rev)
             result = run_retrying(
-                lambda: run_once(name, verbose=verbose, wait_quiet=wait_quiet, rev=server_rev,
-                                 **load), retries, limit, verbose)
+                functools.partial(run_once, name, verbose=verbose, wait_quiet=wait_quiet,
+                                  rev=server_rev, **load), retries, limit, verbose)
             result["server"] = server
             runs[server].append(result)
             time.sleep(1)  # let the sockets of the last run go
@@ -406,14 +407,15 @@ def storm_table(runs: dict[str, list[dict]], reference: str = "raw") -> str:
         if not ref:
             return "-"
         ratios = [r["connect"][key] / b["connect"][key]
-                  for r, b in zip(server_runs, ref) if b["connect"][key]]
+                  for r, b in zip(server_runs, ref, strict=False) if b["connect"][key]]
         return _fmt(_median(ratios), 2) if ratios else "-"
 
     for server, rs in runs.items():
         c = [r["connect"] for r in rs]
         rows.append([
             server,
-            f'{_fmt(_median([x["per_s"] for x in c]), 0)} ({_fmt(_median([x["ready_per_s"] for x in c]), 0)})',
+            f'{_fmt(_median([x["per_s"] for x in c]), 0)} '
+            f'({_fmt(_median([x["ready_per_s"] for x in c]), 0)})',
             _fmt(_median([x["server_cpu_us_per_connection"] for x in c]), 1),
             ratio(rs, "server_cpu_us_per_connection"),
             ", ".join(_fmt(x["server_cpu_us_per_connection"], 0) for x in c),
@@ -423,7 +425,8 @@ def storm_table(runs: dict[str, list[dict]], reference: str = "raw") -> str:
             _fmt(_median([x["probe_cpu_us_per_frame"] for x in c]), 1),
             f'{100 * _median([r["server_cpu_util"] for r in rs]):.0f}%',
             f'{100 * _median([r["loadgen_cpu_util"] for r in rs]):.0f}%',
-            f'{_fmt(_median([x["p50_ms"] for x in c]), 1)}/{_fmt(_median([x["p99_ms"] for x in c]), 1)}',
+            f'{_fmt(_median([x["p50_ms"] for x in c]), 1)}/'
+            f'{_fmt(_median([x["p99_ms"] for x in c]), 1)}',
             _fmt(_median([r["rss"]["per_connection_bytes"] for r in rs]), 0),
         ])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
@@ -443,7 +446,8 @@ def storm_notes(runs: dict[str, list[dict]]) -> str:
                 flags.append(f"{r['disconnects']} disconnects, {r['errors']} errors")
             background = r.get("background_busy")
             if background is not None and background > 0.15:
-                flags.append(f"other processes kept the cores {100 * background:.0f}% busy just before")
+                flags.append(f"other processes kept the cores {100 * background:.0f}% busy "
+                             "just before")
             d = disturbance(r)
             if d > 0.15:
                 flags.append(f"others used {100 * d:.0f}% of a core during the storm")
@@ -472,7 +476,7 @@ def cmd_storm(args) -> None:
     check_servers(servers)
     sizes = [int(x) for x in str(args.clients).split(",")]
     info = _machine(args)
-    report = [f"# Connect storm", "", _machine_line(info), ""]
+    report = ["# Connect storm", "", _machine_line(info), ""]
     saved = {"machine": info, "storms": {}}
     verbose = not args.quiet
     for n in sizes:
@@ -485,14 +489,15 @@ def cmd_storm(args) -> None:
                           file=sys.stderr, flush=True)
                 server, rev = split_label(label, args.rev)
                 result = run_retrying(
-                    lambda: run_once(server, storm=True, clients=n, messages=0,
-                                     connect_concurrency=args.concurrency, verbose=verbose,
-                                     wait_quiet=args.wait_quiet, rev=rev),
+                    functools.partial(run_once, server, storm=True, clients=n, messages=0,
+                                      connect_concurrency=args.concurrency, verbose=verbose,
+                                      wait_quiet=args.wait_quiet, rev=rev),
                     args.retry_disturbed, args.max_disturbance, verbose)
                 result["server"] = label
                 runs[label].append(result)
                 time.sleep(1)  # let the sockets of the last run go
-        section = [f"## N={n}", "", f"`{storm_command(args, n)}`", "", storm_table(runs, args.reference)]
+        section = [f"## N={n}", "", f"`{storm_command(args, n)}`", "",
+                   storm_table(runs, args.reference)]
         extra = storm_notes(runs)
         if extra:
             section += ["", extra]

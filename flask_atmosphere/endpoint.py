@@ -92,8 +92,6 @@ def plan(atmosphere: "Atmosphere", settings: "Settings", upgraded: Any) -> Plan:
     if refused is not None:
         atmosphere.counters.add("refused")
         return Plan(refused, ask, params)
-    if ask.kind is Kind.PROBE:
-        return Plan(None, ask, params)
     existing, decision = _existing(atmosphere, settings, params)
     return Plan(None, ask, params, existing, decision)
 
@@ -113,9 +111,9 @@ def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
         return Response(status=204, headers=headers)
     else:
         atmosphere.broadcaster.attach(gevent.get_hub())
-        if ask.kind is Kind.PROBE:
-            refused = atmosphere.registry.closed(params.tracking_id) \
-                or app_refusal(atmosphere, settings, new=True)
+        if ask.kind is Kind.PROBE:  # admitted as the real request would be, then 501
+            refused = chosen.client if isinstance(chosen.client, Refusal) \
+                else app_refusal(atmosphere, settings, new=chosen.existing is None)
             response = _refuse(refused or NOT_UPGRADED, upgraded)
         elif ask.kind is Kind.GOODBYE:
             if chosen.existing is not None:
@@ -190,7 +188,9 @@ def _new_connection(atmosphere: "Atmosphere", settings: "Settings", route: "Rout
     connection = Connection(atmosphere, app, settings, route,
                             uuid or new_tracking_id(), params, connect_request, frozen, environ,
                             binding)
-    if params.offset:  # a client that comes back too late counts on from where it was
+    if params.offset and uuid == params.tracking_id:
+        # Its tracking id adopted (it came back too late, or to a new server):
+        # the client counts on from where it was, and so does its mailbox.
         connection.mailbox.next_seq = params.offset + 1
     return connection, headers
 
