@@ -300,6 +300,14 @@ def redis_url(value: str) -> str:
     return value
 
 
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError()
+
+
 def _prefix(value: object) -> str:
     if not isinstance(value, str) or not value or not value.isprintable() \
             or any(c in value for c in "{} "):
@@ -409,6 +417,10 @@ KEYS: tuple[Key, ...] = (
         them in this one (the embedded default); a Redis URL
         (`"redis://127.0.0.1:6379/0"`, `rediss://` for TLS) carries them
         through Redis to every process of the app.""", _backplane),
+    Key("ATMOSPHERE_REDIS_CLUSTER", "True or False", False, None, """
+        Whether `ATMOSPHERE_BACKPLANE` names a node of a Redis Cluster (7 or
+        later): the backplane then finds the others, keeps each shard's keys
+        in one slot and uses sharded pub/sub (`SPUBLISH`, `SSUBSCRIBE`).""", _flag),
     Key("ATMOSPHERE_REDIS_PREFIX", "a non-empty string without spaces or braces",
         "atmosphere", None, """
         The prefix of every Redis key and channel of the backplane: apps with
@@ -465,6 +477,7 @@ class Settings:
     history_max_messages: int
     history_max_bytes: int
     backplane: str | None
+    redis_cluster: bool
     redis_prefix: str
     redis_shards: int
     redis_stream_max_length: int

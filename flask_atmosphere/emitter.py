@@ -17,6 +17,7 @@ from threading import Lock
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from .backplane.envelope import encode
 from .backplane.shards import PUBLISH_SCRIPT, keys, shards_of_prefix
@@ -38,6 +39,7 @@ class Emitter:
         stream_max_length: the app's ``ATMOSPHERE_REDIS_STREAM_MAX_LENGTH``.
         stream_max_age: the app's ``ATMOSPHERE_REDIS_STREAM_MAX_AGE``, in seconds.
         timeout: seconds a Redis command may take.
+        cluster: the app's ``ATMOSPHERE_REDIS_CLUSTER``.
 
     Raises:
         ValueError: ``url`` is not a Redis URL.
@@ -45,9 +47,11 @@ class Emitter:
 
     def __init__(self, url: str, prefix: str = "atmosphere", shards: int = 1,
                  stream_max_length: int = 10_000, stream_max_age: float = 300.0,
-                 timeout: float = 5.0):
-        self._redis = redis.Redis.from_url(redis_url(url), socket_timeout=timeout,
-                                           socket_connect_timeout=timeout)
+                 timeout: float = 5.0, cluster: bool = False):
+        client_class: Any = RedisCluster if cluster else redis.Redis
+        self._redis = client_class.from_url(redis_url(url), socket_timeout=timeout,
+                                            socket_connect_timeout=timeout)
+        self._publish = "SPUBLISH" if cluster else "PUBLISH"
         self._script = self._redis.register_script(PUBLISH_SCRIPT)
         self.prefix = prefix
         self.shards = shards
@@ -82,7 +86,7 @@ class Emitter:
             k = keys(self.prefix, shard)
             self._script(keys=[k.stream, k.meta],
                          args=[data, k.channel, self.stream_max_length,
-                               int(self.stream_max_age * 1000), secrets.token_hex(8), "PUBLISH"],
+                               int(self.stream_max_age * 1000), secrets.token_hex(8), self._publish],
                          client=pipe)
         pipe.execute()
 

@@ -103,7 +103,8 @@ class Atmosphere:
             self.broadcaster.use(RedisBackplane(
                 settings.backplane, settings.redis_prefix, settings.redis_shards,
                 settings.redis_stream_max_length, settings.redis_stream_max_age,
-                settings.redis_outbox, settings.redis_probe_interval, settings.redis_timeout))
+                settings.redis_outbox, settings.redis_probe_interval, settings.redis_timeout,
+                settings.redis_cluster))
             self._own_backplane = True
         for route in self._routes:
             if route.blueprint is None:

@@ -95,3 +95,39 @@ def redis_server():
     server = RedisServer()
     yield server
     server.close()
+
+
+class RedisCluster:
+    """A local Redis Cluster of ``size`` masters (no replicas), each a real
+    ``redis-server`` on a free port, its slots spread by ``redis-cli --cluster
+    create``; stopped by :meth:`close`."""
+
+    def __init__(self, size: int = 3):
+        self.nodes = [RedisServer(None, "--cluster-enabled", "yes", "--cluster-config-file",
+                                  "nodes.conf", "--cluster-node-timeout", "2000")
+                      for _ in range(size)]
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *[f"127.0.0.1:{node.port}" for node in self.nodes],
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        for node in self.nodes:  # until every node agrees the cluster is whole (polled: it tells nobody)
+            while node.client().cluster("info").get("cluster_state") != "ok":
+                assert time.monotonic() < deadline, "the cluster did not form"
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+@pytest.fixture
+def redis_cluster():
+    """A fresh three-node Redis Cluster for the test."""
+    cluster = RedisCluster()
+    yield cluster
+    cluster.close()

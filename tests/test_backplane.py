@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from app_processes import app_processes  # noqa: F401 (a fixture)
 from conftest import ATMOSPHERE_PARAMS, TIMEOUT, WSClient
-from redis_servers import redis_server  # noqa: F401 (a fixture)
+from redis_servers import redis_cluster, redis_server  # noqa: F401 (fixtures)
 from flask_atmosphere import Emitter, Uuids
 from flask_atmosphere.backplane.shards import keys
 from flask_atmosphere.filters import Named
@@ -169,3 +169,25 @@ def test_redis_memory_stays_flat_under_a_long_run(redis_server, app_processes):
                 assert kind == b"hash" and key.endswith(b":meta")
         assert r.dbsize() <= 4  # a stream and a meta per shard: nothing else, nothing more
     assert max(used[1:]) < used[0] * 1.2 + 256 * 1024  # flat after the first round
+
+
+def test_a_redis_cluster_with_sharded_pub_sub(redis_cluster, app_processes):
+    config = {"ATMOSPHERE_REDIS_CLUSTER": True, "ATMOSPHERE_REDIS_SHARDS": 6}
+    one = app_processes(redis_cluster.url, **config)
+    two = app_processes(redis_cluster.nodes[1].url, **config)  # any node will do
+    wait_up(one, two)
+    rooms = {name: ws(process, f"/rooms/{name}")
+             for name, process in zip("abcdef", [one, two] * 3)}
+    slots = {redis_cluster.nodes[0].client().cluster("keyslot", keys("atmosphere", s).stream)
+             for s in range(6)}
+    assert len(slots) == 6  # the shards are spread over slots (and so over the nodes)
+    one.push("/", "to all")
+    for name, client in rooms.items():
+        assert client.recv() == "to all", name
+    for name in "abcdef":
+        two.push(f"/rooms/{name}", f"to {name}")
+    for name, client in rooms.items():
+        assert client.recv() == f"to {name}"
+    emitter = Emitter(redis_cluster.url, shards=6, cluster=True)
+    emitter.broadcast("/rooms/c", "from an emitter")
+    assert rooms["c"].recv() == "from an emitter"

@@ -35,7 +35,8 @@ def test_defaults():
         long_poll_batch_wait=0.01, transports=("websocket", "sse", "streaming", "long-polling"),
         allowed_origins=None, max_connections=None, static_url_path="/_atmosphere",
         resume_cookie="atmosphere_resume", history_max_messages=1000,
-        history_max_bytes=1024 * 1024, backplane=None, redis_prefix="atmosphere",
+        history_max_bytes=1024 * 1024, backplane=None, redis_cluster=False,
+        redis_prefix="atmosphere",
         redis_shards=1, redis_stream_max_length=10_000, redis_stream_max_age=300,
         redis_outbox=10_000, redis_probe_interval=5, redis_timeout=2)
     assert "jsonp" not in Settings.from_config({}).transports
@@ -102,6 +103,7 @@ BAD = {
     "ATMOSPHERE_HISTORY_MAX_BYTES": [-1, 1.5, "0.1kb", "5s", "abc", "", True, None],
     "ATMOSPHERE_BACKPLANE": ["", "localhost:6379", "http://127.0.0.1:6379", "redis://",
                              "redis://host:99999", "redis://host/zero", 6379, ["redis://x"]],
+    "ATMOSPHERE_REDIS_CLUSTER": ["yes", "", None, 1, 0, "2"],
     "ATMOSPHERE_REDIS_PREFIX": ["", "a b", "{a}", 5, None],
     "ATMOSPHERE_REDIS_SHARDS": COUNT_POSITIVE,
     "ATMOSPHERE_REDIS_STREAM_MAX_LENGTH": COUNT_POSITIVE,

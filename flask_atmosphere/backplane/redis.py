@@ -42,8 +42,8 @@ from urllib.parse import urlsplit
 
 import redis
 from gevent.monkey import get_original
+from redis.cluster import RedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ..config import redis_url
@@ -103,6 +103,8 @@ class RedisBackplane(Backplane):
             probe for twice as long (plus a second) is restarted.
         timeout: seconds a Redis command or connect may take
             (``ATMOSPHERE_REDIS_TIMEOUT``).
+        cluster: ``url`` names a node of a Redis Cluster (7 or later)
+            (``ATMOSPHERE_REDIS_CLUSTER``): sharded pub/sub, each shard in one slot.
 
     Raises:
         ValueError: ``url`` is not a Redis URL (see ``config.redis_url``).
@@ -112,7 +114,8 @@ class RedisBackplane(Backplane):
 
     def __init__(self, url: str, prefix: str = "atmosphere", shards: int = 1,
                  stream_max_length: int = 10_000, stream_max_age: float = 300.0,
-                 outbox: int = 10_000, probe_interval: float = 5.0, timeout: float = 2.0):
+                 outbox: int = 10_000, probe_interval: float = 5.0, timeout: float = 2.0,
+                 cluster: bool = False):
         self.url = redis_url(url)
         self.prefix = prefix
         self.shards = shards
@@ -121,6 +124,7 @@ class RedisBackplane(Backplane):
         self.outbox_size = outbox
         self.probe_interval = probe_interval
         self.timeout = timeout
+        self.cluster = cluster
         self.keys: list[ShardKeys] = [keys(prefix, shard) for shard in range(shards)]
         self._channels = {k.channel.encode(): shard for shard, k in enumerate(self.keys)}
         #: This process's name in envelope ids.
@@ -144,7 +148,7 @@ class RedisBackplane(Backplane):
         self._subscribed = False
         self._down_since: float | None = monotonic()
         self._logged_down = False
-        self._probe_seen = monotonic()
+        self._probe_seen = [monotonic()] * shards  # per shard: its channel may be on its own node
         self._probe_sent = 0.0
 
     # -- the interface ----------------------------------------------------------
@@ -228,7 +232,11 @@ class RedisBackplane(Backplane):
 
     # -- Redis ------------------------------------------------------------------
 
-    def _client(self) -> redis.Redis:
+    def _client(self) -> Any:
+        if self.cluster:
+            return RedisCluster.from_url(self.url, socket_timeout=self.timeout,
+                                         socket_connect_timeout=self.timeout,
+                                         retry=Retry(NoBackoff(), 0))
         return redis.Redis.from_url(self.url, socket_timeout=self.timeout,
                                     socket_connect_timeout=self.timeout,
                                     retry=Retry(NoBackoff(), 0), health_check_interval=0)
@@ -285,7 +293,8 @@ class RedisBackplane(Backplane):
         self._outbox = outbox
 
     def _publish_loop(self) -> None:
-        client, script, attempt = None, None, 0
+        client: Any = None
+        sha, attempt = "", 0
         while not self._stopped.is_set():
             with self._lock:
                 if not self._outbox and monotonic() - self._probe_sent < self.probe_interval:
@@ -294,25 +303,25 @@ class RedisBackplane(Backplane):
                     self._probe_sent = monotonic()
                     self._counter += 1
                     probe_id = f"{self.origin}-{self._counter}"
-                    self._outbox.append((0, probe_id, encode(probe_id, None), None))
+                    for shard in range(self.shards):  # every shard's channel, on its node
+                        self._outbox.append((shard, probe_id, encode(probe_id, None), None))
                 batch = list(self._outbox)[:BATCH]
             if not batch or self._stopped.is_set():
                 continue
             try:
                 if client is None:
                     client = self._client()
-                    script = client.register_script(PUBLISH_SCRIPT)
-                assert script is not None
+                    sha = client.script_load(PUBLISH_SCRIPT)  # on every node of a cluster
                 pipe = client.pipeline(transaction=False)
+                command = "SPUBLISH" if self.cluster else "PUBLISH"
                 for shard, _, data, _ in batch:
                     k = self.keys[shard]
-                    script(keys=[k.stream, k.meta],
-                           args=[data, k.channel, self.stream_max_length,
-                                 int(self.stream_max_age * 1000), secrets.token_hex(8),
-                                 "PUBLISH"], client=pipe)
+                    pipe.evalsha(sha, 2, k.stream, k.meta, data, k.channel,
+                                 self.stream_max_length, int(self.stream_max_age * 1000),
+                                 secrets.token_hex(8), command)
                 pipe.execute()
-            except (RedisError, OSError) as exc:
-                client = script = None
+            except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
+                client = None
                 self._health(exc, publishing=False)
                 self._backoff(attempt)
                 attempt += 1
@@ -330,16 +339,19 @@ class RedisBackplane(Backplane):
             try:
                 client = self._client()
                 pubsub = client.pubsub()
-                pubsub.subscribe(*self._channels)
+                if self.cluster:
+                    pubsub.ssubscribe(*self._channels)
+                else:
+                    pubsub.subscribe(*self._channels)
                 early = self._await_subscribed(pubsub)
                 self._recover(client)
                 for message in early:
                     self._message(client, message)
                 attempt = 0
-                self._probe_seen = monotonic()
+                self._probe_seen = [monotonic()] * self.shards
                 self._health(subscribed=True)
                 self._listen(client, pubsub)
-            except (RedisError, OSError, _ProbeTimeout) as exc:
+            except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 if self._subscribed:
                     log.info("the backplane's subscription ended (%s): resubscribing", exc)
                 self._health(exc, subscribed=False)
@@ -349,7 +361,7 @@ class RedisBackplane(Backplane):
                 if pubsub is not None:
                     try:
                         pubsub.close()
-                    except (RedisError, OSError):
+                    except Exception:  # noqa: BLE001, S110 -- closing what is broken anyway
                         pass
 
     def _await_subscribed(self, pubsub: Any) -> list[dict[str, Any]]:
@@ -361,26 +373,34 @@ class RedisBackplane(Backplane):
         while pending:
             if monotonic() > deadline:
                 raise _ProbeTimeout("no subscription confirmed")
-            message = pubsub.get_message(timeout=0.1)
+            message = self._next(pubsub, 0.1)
             if message is None:
                 continue
-            if message.get("type") == "subscribe":
+            if message.get("type") in ("subscribe", "ssubscribe"):
                 pending.discard(message["channel"])
-            elif message.get("type") == "message":
+            elif message.get("type") in ("message", "smessage"):
                 early.append(message)
         return early
 
     def _listen(self, client: redis.Redis, pubsub: Any) -> None:
         limit = 2 * self.probe_interval + 1
         while not self._stopped.is_set():
-            message = pubsub.get_message(timeout=0.25)
+            message = self._next(pubsub, 0.25)
             if message is not None:
                 self._message(client, message)
-            if monotonic() - self._probe_seen > limit:
+            if monotonic() - min(self._probe_seen) > limit:
                 raise _ProbeTimeout(f"no probe came back for {limit:.0f} s")
 
+    def _next(self, pubsub: Any, timeout: float) -> dict[str, Any] | None:
+        """The next message of the subscription, or ``None`` after ``timeout`` seconds."""
+        if self.cluster:
+            message: dict[str, Any] | None = pubsub.get_sharded_message(timeout=timeout)
+        else:
+            message = pubsub.get_message(timeout=timeout)
+        return message
+
     def _message(self, client: redis.Redis, message: dict[str, Any]) -> None:
-        if message.get("type") == "message":
+        if message.get("type") in ("message", "smessage"):
             shard = self._channels.get(message["channel"])
             if shard is not None:
                 self._received(client, shard, message["data"])
@@ -467,7 +487,7 @@ class RedisBackplane(Backplane):
             self._local.discard(key)
         if envelope.broadcast is None:
             if envelope.id.startswith(self.origin + "-"):
-                self._probe_seen = monotonic()
+                self._probe_seen[shard] = monotonic()
             return
         if here:
             return  # delivered here already, while Redis was away
