@@ -1,8 +1,12 @@
 """``python -m demo [--host HOST] [--port PORT]``: serve the demo chat."""
-import argparse
-import logging
+from gevent import monkey
 
-from . import atmosphere, create_app
+monkey.patch_all()  # first, before the app and what it imports (see the README's Serving)
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+
+from . import atmosphere, create_app  # noqa: E402
 
 
 def main(argv=None) -> None:

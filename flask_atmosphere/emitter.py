@@ -86,7 +86,8 @@ class Emitter:
             k = keys(self.prefix, shard)
             self._script(keys=[k.stream, k.meta],
                          args=[data, k.channel, self.stream_max_length,
-                               int(self.stream_max_age * 1000), secrets.token_hex(8), self._publish],
+                               int(self.stream_max_age * 1000), secrets.token_hex(8),
+                               self._publish],
                          client=pipe)
         pipe.execute()
 

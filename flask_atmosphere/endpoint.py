@@ -96,8 +96,22 @@ def plan(atmosphere: "Atmosphere", settings: "Settings", upgraded: Any) -> Plan:
     return Plan(None, ask, params, existing, decision)
 
 
+#: The answer under a server that cannot serve push (no gevent greenlets).
+NOT_GEVENT = Refusal(500, "flask-atmosphere needs a gevent server: run the app with "
+                          "`flask atmosphere run`, atmosphere.run(app), or gunicorn with "
+                          "flask_atmosphere's worker (see the README's Serving)")
+_told_not_gevent = False
+
+
 def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
     """Serve the current Flask request on ``route``."""
+    global _told_not_gevent
+    if not isinstance(gevent.getcurrent(), gevent.Greenlet):
+        # Werkzeug's `flask run`, say: threads, no hub to hold connections.
+        if not _told_not_gevent:
+            _told_not_gevent = True
+            log.error("%s", NOT_GEVENT.reason)
+        return refusal_response(NOT_GEVENT)
     settings = atmosphere.settings()
     upgraded = request.environ.get(GEVENT_WEBSOCKET_KEY)  # gevent-websocket upgraded it already
     chosen = plan(atmosphere, settings, upgraded)

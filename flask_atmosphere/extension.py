@@ -284,5 +284,12 @@ class Atmosphere:
             host: the address to listen on.
             port: the TCP port to listen on.
         """
+        from gevent import monkey
+
         from .server import AtmosphereServer
+        if not monkey.is_module_patched("socket"):
+            log.warning("the standard library is not patched by gevent: a blocking call in a "
+                        "view (time.sleep, a database driver) stops every connection while it "
+                        "lasts. Call `from gevent import monkey; monkey.patch_all()` first thing "
+                        "in your entry point, or serve with `flask atmosphere run`")
         AtmosphereServer(app, host, port).serve_forever()

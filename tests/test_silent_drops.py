@@ -38,8 +38,10 @@ def wait_until_written(server, atmosphere, uuid, count):
     server.wait_until(written)
 
 
-def test_a_websocket_client_that_says_how_far_it_got_misses_nothing(live, recorder):
-    server, atmosphere, _ = served(live, recorder)
+def websocket_back_after_a_silent_drop(server, atmosphere):
+    """A WebSocket client that got the first 20 of ``SENT``, then lost its
+    connection in silence while the other 20 went into it, and came back
+    (its inactivity timeout), elsewhere, saying it had 20."""
     proxy = FreezingProxy(server.port)
     query = ATMOSPHERE_PARAMS | {"X-Atmosphere-Offset": "0"}
     first = WSClient(f"ws://127.0.0.1:{proxy.port}/quiet?" + requests.compat.urlencode(query),
@@ -49,15 +51,20 @@ def test_a_websocket_client_that_says_how_far_it_got_misses_nothing(live, record
     proxy.freeze()
     broadcast_all_of(server, atmosphere, SENT[20:])
     wait_until_written(server, atmosphere, first.uuid, 40)
-    # The client notices (its inactivity timeout) and comes back, elsewhere.
     again = WSClient(server.url("/quiet", **query | {"X-Atmosphere-tracking-id": first.uuid,
                                                      "X-Atmosphere-Offset": "20"}),
                      track=True, protocol=True, cookie=first.cookie)
+    proxy.stop()
     assert again.uuid == first.uuid
+    return again
+
+
+def test_a_websocket_client_that_says_how_far_it_got_misses_nothing(live, recorder):
+    server, atmosphere, _ = served(live, recorder)
+    again = websocket_back_after_a_silent_drop(server, atmosphere)
     assert [again.recv() for _ in range(20)] == SENT[20:]
     server.call(atmosphere.broadcast, "/quiet", "after")
     assert again.recv() == "after"  # nothing twice
-    proxy.stop()
 
 
 def test_a_long_poll_answer_lost_on_the_way_is_answered_again(live, recorder):
@@ -114,22 +121,9 @@ def test_a_stream_that_says_how_far_it_got_misses_nothing(live, recorder):
 
 def test_what_the_history_no_longer_holds_is_announced(live, recorder):
     server, atmosphere, _ = served(live, recorder, ATMOSPHERE_HISTORY_MAX_MESSAGES=5)
-    proxy = FreezingProxy(server.port)
-    query = ATMOSPHERE_PARAMS | {"X-Atmosphere-Offset": "0"}
-    first = WSClient(f"ws://127.0.0.1:{proxy.port}/quiet?" + requests.compat.urlencode(query),
-                     track=True, protocol=True)
-    broadcast_all_of(server, atmosphere, SENT[:20])
-    assert [first.recv() for _ in range(20)] == SENT[:20]
-    proxy.freeze()
-    broadcast_all_of(server, atmosphere, SENT[20:])
-    wait_until_written(server, atmosphere, first.uuid, 40)
-    again = WSClient(server.url("/quiet", **query | {"X-Atmosphere-tracking-id": first.uuid,
-                                                     "X-Atmosphere-Offset": "20"}),
-                     track=True, protocol=True, cookie=first.cookie)
+    again = websocket_back_after_a_silent_drop(server, atmosphere)
     assert [again.recv() for _ in range(5)] == SENT[35:]  # what the history still held
     recorder.wait_for(lambda items: any(isinstance(e, MessagesLost) for _, e in items))
-    assert [e for e in events_of(recorder, first.uuid) if isinstance(e, MessagesLost)] == \
+    assert [e for e in events_of(recorder, again.uuid) if isinstance(e, MessagesLost)] == \
         [MessagesLost(15, "/quiet", "history")]
     assert server.call(atmosphere.stats)["messages_lost"] == 15
-    proxy.stop()
-
