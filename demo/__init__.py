@@ -2,7 +2,7 @@
 ``demo:app`` is the app for a WSGI server (gunicorn, ``flask --app demo``)."""
 from typing import Any
 
-from .app import atmosphere, create_app
+from .chat import atmosphere, create_app
 
 __all__ = ["atmosphere", "create_app", "app"]
 
