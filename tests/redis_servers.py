@@ -23,6 +23,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000, which must stay
+    below 65536) is free too: a cluster node cannot start without both."""
+    while True:
+        with socket.socket() as sock, socket.socket() as bus:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port + 10000 > 65535:
+                continue
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+
+
 class RedisServer:
     """One ``redis-server`` on ``port`` (a free one by default)."""
 
@@ -40,13 +56,17 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def log(self) -> str:
+        return os.path.join(self.dir, "redis.log")
+
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=TIMEOUT)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=TIMEOUT)
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, *self.extra],
+             "--appendonly", "no", "--dir", self.dir, "--logfile", self.log, *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + TIMEOUT
         while True:  # until it answers (it has no other way to say it is ready)
@@ -54,6 +74,10 @@ class RedisServer:
                 if self.client().ping():
                     return
             except redis.ConnectionError:
+                if self.process.poll() is not None:
+                    with open(self.log, errors="replace") as log:
+                        pytest.fail(f"redis-server on port {self.port} exited: {log.read()[-800:]}",
+                                    pytrace=False)
                 if time.monotonic() > deadline:
                     raise
             time.sleep(0.01)
@@ -103,7 +127,7 @@ class RedisCluster:
     create``; stopped by :meth:`close`."""
 
     def __init__(self, size: int = 3):
-        self.nodes = [RedisServer(None, "--cluster-enabled", "yes", "--cluster-config-file",
+        self.nodes = [RedisServer(free_cluster_port(), "--cluster-enabled", "yes", "--cluster-config-file",
                                   "nodes.conf", "--cluster-node-timeout", "2000")
                       for _ in range(size)]
         subprocess.run(["redis-cli", "--cluster", "create",
