@@ -113,6 +113,8 @@ class Broadcaster:
     def publish(self, broadcast: Broadcast) -> None:
         """Send ``broadcast`` through the backplane, from any thread; a
         greenlet of the hub's thread may be held back by :meth:`relieve`."""
+        if self._count is not None:
+            self._count("broadcasts", 1)
         if self._loop is not None and self._thread_id != _native_thread_id() \
                 and not self.backplane.thread_safe:
             self._loop.run_callback_threadsafe(self.backplane.publish, broadcast)
@@ -237,15 +239,18 @@ class Broadcaster:
                 size += _size(following.message)
             j = i + len(batch)
             try:
-                fan_out(self.registry, batch)
+                delivered = fan_out(self.registry, batch)
+                if self._count is not None:
+                    self._count("deliveries", delivered)
             except BaseException:  # noqa: B036 -- nothing may stop the fan-out
                 log.exception("broadcast to %s failed", item.path)
             i = j
 
 
-def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
+def fan_out(registry: Registry, batch: list[Broadcast]) -> int:
     """Deliver ``batch``, broadcasts to one broadcaster (same ``path`` and
-    ``exact``), in order, to each client that its filters allow.
+    ``exact``), in order, to each client that its filters allow, and return
+    how many deliveries that was (a message to one client is one).
 
     A client a transport can write to at once (``Connection.direct``) gets
     one write with every message meant for it, framed by its transport; the
@@ -260,7 +265,8 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
         shard, shards = first.shard
         targets = [c for c in targets if shard_of(c.path, shards) == shard]
     if not targets:
-        return
+        return 0
+    delivered = 0
     everyone = tuple(range(len(batch)))
     # Everyone and SkipSelf need no call per client: only the senders of a
     # SkipSelf broadcast miss something (found by identity: no read of a
@@ -282,6 +288,7 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
             allowed = _allowed(batch, connection)
             if not allowed:
                 continue
+        delivered += len(allowed)
         wire_format = connection.wire_format
         if wire_format is not rendered_for:  # most targets share one
             found = rendered.get(wire_format)
@@ -314,6 +321,7 @@ def fan_out(registry: Registry, batch: list[Broadcast]) -> None:
             outbound = outbounds[k]
             if outbound is not None:
                 connection.enqueue(outbound)
+    return delivered
 
 
 def _size(message: Any) -> int:

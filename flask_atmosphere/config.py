@@ -397,6 +397,14 @@ KEYS: tuple[Key, ...] = (
         None, """
         The URL path where the bundled JavaScript client is served
         (`<path>/atmosphere-client.js`); `None` serves nothing.""", _url_path),
+    Key("ATMOSPHERE_STATS_URL_PATH", 'None or a URL path starting with "/"', None, None, """
+        A URL path where `Atmosphere.stats()` is served as JSON (e.g.
+        `"/_atmosphere/stats"`); `None` serves nothing. The app's own
+        `before_request` hooks apply: guard it as any internal page.""", _url_path),
+    Key("ATMOSPHERE_METRICS_URL_PATH", 'None or a URL path starting with "/"', None, None, """
+        A URL path where the same figures are served in the Prometheus text
+        format (needs the `prometheus` extra, `prometheus_client`); `None`
+        serves nothing.""", _url_path),
     Key("ATMOSPHERE_RESUME_COOKIE",
         "None or a cookie name (visible ASCII, without spaces or ()<>@,;:\\\"/[]?={})",
         "atmosphere_resume", None, """
@@ -473,6 +481,8 @@ class Settings:
     allowed_origins: tuple[str, ...] | None
     max_connections: int | None
     static_url_path: str | None
+    stats_url_path: str | None
+    metrics_url_path: str | None
     resume_cookie: str | None
     history_max_messages: int
     history_max_bytes: int

@@ -31,6 +31,7 @@ from .filters import as_filter
 from .mailbox import CloseRequest, Mailbox, Outbound
 from .protocol import (AtmosphereParams, frame, handshake, heartbeat_interval, is_heartbeat,
                        padding, valid_tracking_id)
+from .stats import disconnect_reason
 
 if TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
@@ -71,12 +72,14 @@ class Carrier:
         wake: for a transport that does not wait on the mailbox, called
             when the mailbox got a message, closed, or another request took
             the client over; else ``None``.
+        transport: the transport's name (``websocket``, ``sse``, ...), for the stats.
     """
-    __slots__ = ("abort", "lost", "ended", "direct", "framing", "wake")
+    __slots__ = ("abort", "lost", "ended", "direct", "framing", "wake", "transport")
 
     def __init__(self, abort: Callable[[], None] | None = None,
                  direct: Any = None, framing: Any = None,
-                 wake: Callable[[], None] | None = None):
+                 wake: Callable[[], None] | None = None, transport: str = ""):
+        self.transport = transport
         self.abort = abort or (lambda: None)
         self.lost = False
         self.ended = Event()
@@ -101,7 +104,8 @@ class Connection:
             server objects: ``receive`` runs in a request context made from it.
         binding: the resume key the client is bound to, or ``None``.
     """
-    __slots__ = ("atmosphere", "app", "settings", "uuid", "path", "params", "wire_format",
+    __slots__ = ("atmosphere", "app", "settings", "uuid", "path", "route", "transport", "params",
+                 "wire_format",
                  "mailbox", "keeps", "carrier", "direct", "framing", "poll_answered", "client",
                  "environ", "session", "binding", "_lost_reported", "_lock", "_opened", "_opening",
                  "_kicked",
@@ -115,6 +119,8 @@ class Connection:
         self.settings = settings
         self.uuid = uuid
         self.path = request.path
+        self.route = route.rule
+        self.transport = request.transport  # the latest request's, for the stats
         self.params = params
         self.wire_format = route.wire_format
         self.mailbox = Mailbox(settings.mailbox_max_messages, settings.mailbox_max_bytes,
@@ -227,6 +233,7 @@ class Connection:
     def send(self, message: Any) -> None:
         """Queue ``message`` for this client (see ``AtmosphereClient.send``)."""
         outbound = Outbound(self.wire_format.render(message))
+        self.atmosphere.counters.add("sends")
         broadcaster = self.atmosphere.broadcaster
         broadcaster.call(self.push, outbound)
         if broadcaster.pressing:
@@ -296,6 +303,7 @@ class Connection:
         """Write ``outbound`` at once if the transport can, else queue it
         (hub thread only)."""
         direct = self.direct
+        self.atmosphere.counters.add("deliveries")
         if direct is not None and direct.write_now(self.framing.encode([outbound])):
             self.mailbox.sent_now(outbound)
         else:
@@ -345,6 +353,7 @@ class Connection:
         if previous is not None:
             previous.ended.set()
         self.carrier = carrier
+        self.transport = carrier.transport
         self.direct, self.framing = carrier.direct, carrier.framing
         self.mailbox.interrupt()
         if previous is not None:
@@ -393,7 +402,7 @@ class Connection:
         if self.carrier is None and not self._finished:
             log.info("client %s on %s did not come back within %ss", self.uuid, self.path,
                      self.settings.grace_period)
-            gevent.spawn(self.finish)
+            gevent.spawn(self.finish, None, True)
 
     # -- events ---------------------------------------------------------------
 
@@ -467,13 +476,14 @@ class Connection:
                 if isinstance(exc, GreenletExit):
                     raise
 
-    def finish(self, error: BaseException | None = None) -> None:
+    def finish(self, error: BaseException | None = None, expired: bool = False) -> None:
         """Deliver ``Disconnected`` (exactly once) and unregister the client.
 
         It is ``ServerDisconnected`` if the server asked to close (``close``,
         a full mailbox, shutdown), else ``ClientDisconnected``; ``error`` is
-        what ended the connection, if anything did. A client that never got
-        ``Connected`` gets no ``Disconnected`` either.
+        what ended the connection, if anything did; ``expired``: the grace
+        period ran out. A client that never got ``Connected`` gets no
+        ``Disconnected`` either.
         """
         if self._finished:
             return
@@ -485,14 +495,13 @@ class Connection:
             self._grace_timer.close()
             self._grace_timer = None
         request = self.mailbox.close_request
+        self.atmosphere.counters.disconnected(disconnect_reason(request, error, expired))
         if request is None:
             self.close_mailbox(CloseRequest(1000, "", drain=False, error=error))
             by: ClientDisconnected | ServerDisconnected = ClientDisconnected()
-            self.atmosphere.counters.add("disconnects_client")
         else:  # what a read saw after the server closed is no news
             by = ServerDisconnected()
             error = request.error
-            self.atmosphere.counters.add("disconnects_server")
         try:
             self.dispatch(Disconnected(by, error))
         finally:

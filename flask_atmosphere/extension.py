@@ -4,10 +4,11 @@ from __future__ import annotations
 import io
 import logging
 import weakref
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response, current_app, jsonify
 from flask.ctx import RequestContext
 
 from . import endpoint, lean
@@ -15,7 +16,7 @@ from .backplane import Backplane, MemoryBackplane
 from .broadcast import Broadcast, normalize_path
 from .broadcaster import Broadcaster
 from .client import AtmosphereClient
-from .config import DEFAULTS, Settings, unknown_keys
+from .config import DEFAULTS, ConfigError, Settings, unknown_keys
 from .filters import Everyone, as_filter
 from .registry import Registry
 from .stats import Stats
@@ -27,6 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Atmosphere", "Route"]
 
 log = logging.getLogger("flask_atmosphere")
+
+#: The Prometheus text exposition format's media type, version 0.0.4.
+_PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,29 @@ class Atmosphere:
             app.register_blueprint(Blueprint(
                 "atmosphere", __name__, static_folder="static",
                 static_url_path=settings.static_url_path))
+        self._add_stats_views(app, settings)
         # The polls of known long-polling clients are answered before Flask.
         lean.install(self, app)
+
+    def _add_stats_views(self, app: Flask, settings: Settings) -> None:
+        """Serve :meth:`stats` as JSON and as Prometheus text where the
+        config asks for it.
+
+        Raises:
+            config.ConfigError: ``ATMOSPHERE_METRICS_URL_PATH`` is set and
+                ``prometheus_client`` is not installed.
+        """
+        if settings.stats_url_path:
+            app.add_url_rule(settings.stats_url_path, "atmosphere_stats",
+                             lambda: jsonify(self.stats()))
+        if settings.metrics_url_path:
+            try:
+                from .metrics import render
+            except ImportError:
+                raise ConfigError("ATMOSPHERE_METRICS_URL_PATH needs prometheus_client: "
+                                  "pip install 'flask-atmosphere[prometheus]'") from None
+            app.add_url_rule(settings.metrics_url_path, "atmosphere_metrics",
+                             lambda: Response(render(self), content_type=_PROMETHEUS_TYPE))
 
     def settings(self, app: Flask | None = None) -> Settings:
         """The settings read from ``app``'s config at ``init_app`` (by default
@@ -243,11 +268,28 @@ class Atmosphere:
         self.broadcast("/", message, to)
 
     def stats(self) -> dict[str, Any]:
-        """What happened in this process so far: ``clients`` (live now),
-        ``backplane`` (its kind and state), and the counters of
-        ``stats.Stats`` (messages in, lost and dropped, slow consumers cut,
-        refusals, disconnects by who ended them, the backplane's losses)."""
-        return {"clients": len(self.registry), "backplane": self.broadcaster.backplane.state(),
+        """What happened in this process so far, as plain JSON-ready data.
+
+        Returns:
+            ``clients``: live now, ``{"total": n, "by_route": {rule: n},
+            "by_transport": {name: n}}`` (a long-polling client between two
+            polls counts under its last transport); ``disconnects``: ``{reason:
+            n}`` (see ``stats.disconnect_reason``); ``backplane``: its kind and
+            state; and the counters of ``stats.Stats``: ``connects``,
+            ``messages_in``, ``broadcasts``, ``sends``, ``deliveries``,
+            ``messages_lost``, ``messages_dropped``, ``slow_consumers``,
+            ``refused`` and the backplane's ``backplane_*`` (a counter that
+            never moved is absent).
+        """
+        by_route: Counter[str] = Counter()
+        by_transport: Counter[str] = Counter()
+        for connection in self.registry:
+            by_route[connection.route] += 1
+            by_transport[connection.transport or "opening"] += 1
+        return {"clients": {"total": len(self.registry), "by_route": dict(by_route),
+                            "by_transport": dict(by_transport)},
+                "disconnects": dict(self.counters.disconnects),
+                "backplane": self.broadcaster.backplane.state(),
                 **self.counters.snapshot()}
 
     def clients(self, path: str = "/") -> list[AtmosphereClient]:

@@ -82,7 +82,8 @@ class Poll:
         self.connection = connection
         self.environ = environ
         self.jsonp_callback = jsonp_callback
-        self.carrier = Carrier(socket_abort(environ))
+        self.carrier = Carrier(socket_abort(environ),
+                               transport="long-polling" if jsonp_callback is None else "jsonp")
         connection.attach(self.carrier)
 
     def respond(self, start_response: Callable[..., Any], status: str,

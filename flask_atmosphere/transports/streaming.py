@@ -78,7 +78,8 @@ def open_stream(connection: Connection, new: bool, environ: dict[str, Any], mime
         legacy_xhr: the legacy client reads this transport by XHR progress
             events (it does for streaming, not for SSE).
     """
-    carrier = Carrier(socket_abort(environ))
+    carrier = Carrier(socket_abort(environ),
+                      transport="sse" if mimetype == "text/event-stream" else "streaming")
     connection.attach(carrier)
     track = connection.track
     hello = None

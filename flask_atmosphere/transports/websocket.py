@@ -162,7 +162,8 @@ class WebSocketPeer:
         params = connection.params
         self.beat = (encode_frame(heartbeat_text(params).encode("utf-8"))
                      if params.is_atmosphere else None)  # its whole frame
-        self.carrier = Carrier(self.abort, self, FRAMING[connection.track], self.wake)
+        self.carrier = Carrier(self.abort, self, FRAMING[connection.track], self.wake,
+                               "websocket")
 
     @property
     def close_sent(self) -> bool:
