@@ -52,6 +52,7 @@ class Emitter:
         self._redis = client_class.from_url(redis_url(url), socket_timeout=timeout,
                                             socket_connect_timeout=timeout)
         self._publish = "SPUBLISH" if cluster else "PUBLISH"
+        self._cluster = cluster
         self._script = self._redis.register_script(PUBLISH_SCRIPT)
         self.prefix = prefix
         self.shards = shards
@@ -81,15 +82,18 @@ class Emitter:
             self._counter += 1
             envelope_id = f"{self._origin}-{self._counter}"
         data = encode(envelope_id, broadcast)
-        pipe = self._redis.pipeline(transaction=False)
+        # One pipeline; in a cluster, one call per shard, each to the node of
+        # its slot (redis-py before 8.2 refuses EVALSHA in a cluster pipeline).
+        pipe = None if self._cluster else self._redis.pipeline(transaction=False)
         for shard in shards_of_prefix(broadcast.path, broadcast.exact, self.shards):
             k = keys(self.prefix, shard)
             self._script(keys=[k.stream, k.meta],
                          args=[data, k.channel, self.stream_max_length,
                                int(self.stream_max_age * 1000), secrets.token_hex(8),
                                self._publish],
-                         client=pipe)
-        pipe.execute()
+                         client=self._redis if pipe is None else pipe)
+        if pipe is not None:
+            pipe.execute()
 
     def broadcast_all(self, message: Any, to: Any = Everyone) -> None:
         """Push ``message`` to every client of every route (see :meth:`broadcast`)."""

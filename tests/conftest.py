@@ -20,6 +20,16 @@ from flask_atmosphere.server import AtmosphereServer
 
 TIMEOUT = 10  # seconds: the most any single wait in a test may take
 
+BROWSER_MODULES = ("test_browser_", "test_compat_")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that drive Chromium ``browser`` (``-m "not browser"``)."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.startswith(BROWSER_MODULES):
+            item.add_marker(pytest.mark.browser)
+
 
 class LiveServer:
     """Serves ``app`` on a free port of 127.0.0.1 from a background thread:

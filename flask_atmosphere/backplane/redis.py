@@ -292,9 +292,28 @@ class RedisBackplane(Backplane):
             outbox.append((shard, envelope_id, data, None))
         self._outbox = outbox
 
+    def _by_node(self, client: Any, batch: list[tuple[int, str, bytes, Any]]
+                 ) -> list[tuple[Any, list[tuple[int, bytes]]]]:
+        """``batch``'s ``(shard, data)`` in order, grouped by the client of
+        the node that holds each shard's keys: one node (``client`` itself)
+        outside a cluster. In a cluster, each node's group goes through a
+        plain pipeline of that node (a shard's keys share one slot), which
+        every redis-py since 5 runs, where a cluster pipeline of EVALSHA is
+        refused before redis-py 8.2."""
+        if not self.cluster:
+            return [(client, [(shard, data) for shard, _, data, _ in batch])]
+        groups: dict[str, tuple[Any, list[tuple[int, bytes]]]] = {}
+        for shard, _, data, _ in batch:
+            node = client.get_node_from_key(self.keys[shard].stream)
+            if node.name not in groups:
+                groups[node.name] = (client.get_redis_connection(node), [])
+            groups[node.name][1].append((shard, data))
+        return list(groups.values())
+
     def _publish_loop(self) -> None:
         client: Any = None
         sha, attempt = "", 0
+        command = "SPUBLISH" if self.cluster else "PUBLISH"
         while not self._stopped.is_set():
             with self._lock:
                 if not self._outbox and monotonic() - self._probe_sent < self.probe_interval:
@@ -312,14 +331,14 @@ class RedisBackplane(Backplane):
                 if client is None:
                     client = self._client()
                     sha = client.script_load(PUBLISH_SCRIPT)  # on every node of a cluster
-                pipe = client.pipeline(transaction=False)
-                command = "SPUBLISH" if self.cluster else "PUBLISH"
-                for shard, _, data, _ in batch:
-                    k = self.keys[shard]
-                    pipe.evalsha(sha, 2, k.stream, k.meta, data, k.channel,
-                                 self.stream_max_length, int(self.stream_max_age * 1000),
-                                 secrets.token_hex(8), command)
-                pipe.execute()
+                for node, publications in self._by_node(client, batch):
+                    pipe = node.pipeline(transaction=False)
+                    for shard, data in publications:
+                        k = self.keys[shard]
+                        pipe.evalsha(sha, 2, k.stream, k.meta, data, k.channel,
+                                     self.stream_max_length, int(self.stream_max_age * 1000),
+                                     secrets.token_hex(8), command)
+                    pipe.execute()
             except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 client = None
                 self._health(exc, publishing=False)
