@@ -57,11 +57,19 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
+_OWN_ORIGIN_KEY = "flask_atmosphere.own_origin"
+
+
 def own_origin() -> str:
     """The origin the current request addressed (``http://host:port``), as
-    the app sees it: behind a proxy, after ``ProxyFix`` or the like."""
-    scheme = {"ws": "http", "wss": "https"}.get(request.scheme, request.scheme)
-    return f"{scheme}://{request.host}"
+    the app sees it: behind a proxy, after ``ProxyFix`` or the like.
+    Worked out once per request (kept in its environ)."""
+    environ = request.environ
+    origin: str | None = environ.get(_OWN_ORIGIN_KEY)
+    if origin is None:
+        scheme = {"ws": "http", "wss": "https"}.get(request.scheme, request.scheme)
+        origin = environ[_OWN_ORIGIN_KEY] = f"{scheme}://{request.host}"
+    return origin
 
 
 def origin_refusal(settings: "Settings", page: bool = False) -> Refusal | None:
@@ -154,6 +162,8 @@ def key_from_cookies(cookies: Mapping[str, str], name: str | None) -> str | None
 
 def resume_key(settings: "Settings") -> str | None:
     """The resume key the current request brings, or ``None``."""
+    if "HTTP_COOKIE" not in request.environ:  # a first visit: nothing to parse
+        return None
     return key_from_cookies(request.cookies, settings.resume_cookie)
 
 

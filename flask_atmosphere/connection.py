@@ -458,7 +458,7 @@ class Connection:
         the client is closed cleanly (1011): it never takes the server or
         the client's greenlets down. Only a ``GreenletExit`` (the greenlet
         being killed, e.g. at shutdown) goes on, after the close is asked."""
-        with self.atmosphere.client_context(self):
+        with self.atmosphere.client_context(self, self._opening):
             try:
                 self.client.receive(event)
             except Exception as exc:

@@ -186,9 +186,9 @@ def _new_connection(atmosphere: "Atmosphere", settings: "Settings", route: "Rout
         if can_set_cookie:
             headers.append(("Set-Cookie", resume_cookie(settings, new_key)))
             binding = None if foreign else new_key
-    environ = {key_: request.environ[key_] for key_ in _KEPT_KEYS if key_ in request.environ}
-    environ.update((name, value) for name, value in request.environ.items()
-                   if name.startswith("HTTP_"))
+    opening = request.environ
+    environ = {key_: opening[key_] for key_ in _KEPT_KEYS if key_ in opening}
+    environ.update((name, value) for name, value in opening.items() if name.startswith("HTTP_"))
     connect_request = ConnectRequest(
         path=path_key(request.path),
         view_args=dict(request.view_args or {}),

@@ -1,4 +1,10 @@
-"""The Flask extension: ``Atmosphere(app)`` or ``Atmosphere()`` + ``init_app(app)``."""
+"""The Flask extension: ``Atmosphere(app)`` or ``Atmosphere()`` + ``init_app(app)``.
+
+Upstream internals used here, checked against Flask 2.3.3 and 3.1.3: the
+attribute of ``RequestContext`` that holds the opened session (``session``
+before Flask 3.1, ``_session`` behind a property since), swapped while
+``Connected`` runs in the opening request's own context (``_OwnSession``).
+"""
 from __future__ import annotations
 
 import io
@@ -8,8 +14,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from flask import Blueprint, Flask, Response, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app, has_request_context, jsonify
 from flask.ctx import RequestContext
+from flask.globals import request_ctx
 
 from . import endpoint, lean
 from .backplane import Backplane, MemoryBackplane
@@ -49,6 +56,27 @@ class Route:
     wire_format: WireFormat
     endpoint: str
     blueprint: Blueprint | None = None
+
+
+#: Where a ``RequestContext`` keeps its session (see the module's description).
+_SESSION_ATTR = "_session" if isinstance(getattr(RequestContext, "session", None), property) \
+    else "session"
+
+
+class _OwnSession:
+    """Runs ``receive`` in the current request's context with ``session``
+    (the client's read-only copy) in place of the request's own."""
+    __slots__ = ("context", "session", "saved")
+
+    def __init__(self, context: RequestContext, session: Any):
+        self.context, self.session = context, session
+
+    def __enter__(self) -> None:
+        self.saved = getattr(self.context, _SESSION_ATTR)
+        setattr(self.context, _SESSION_ATTR, self.session)
+
+    def __exit__(self, *exc: object) -> None:
+        setattr(self.context, _SESSION_ATTR, self.saved)
 
 
 class Atmosphere:
@@ -226,10 +254,21 @@ class Atmosphere:
         self._error_handlers.append(handler)
         return handler
 
-    def client_context(self, connection: "Connection") -> RequestContext:
+    def client_context(self, connection: "Connection", opening: bool = False
+                       ) -> "RequestContext | _OwnSession":
         """The request context a client's ``receive`` runs in: the request
         that opened the connection (without its body), with its session as
-        it was then, read-only (``client.ReadOnlySession``)."""
+        it was then, read-only (``client.ReadOnlySession``).
+
+        ``opening``: the event is delivered while the opening request is
+        served (``Connected``): it runs in that request's own context (what
+        the app's hooks put in ``flask.g`` is there), with the same read-only
+        session, instead of a copy made for it.
+        """
+        if opening and has_request_context():
+            current = request_ctx._get_current_object()  # type: ignore[attr-defined]
+            if current.app is connection.app:
+                return _OwnSession(current, connection.session)
         environ = dict(connection.environ)
         environ["wsgi.input"] = io.BytesIO()
         return RequestContext(connection.app, environ, session=connection.session)

@@ -9,7 +9,7 @@ import json
 import gevent
 import pytest
 import requests
-from flask import Flask, request, session, url_for
+from flask import Flask, g, request, session, url_for
 
 from conftest import ATMOSPHERE_PARAMS, WSClient
 from http_clients import PollClient, StreamClient
@@ -82,6 +82,45 @@ def test_request_session_and_url_for_inside_receive_on_every_transport(live, rec
     recorder.wait_for(lambda items: any(isinstance(e, Error) for _, e in items))
     [error] = [e for _, e in recorder.items if isinstance(e, Error)]
     assert isinstance(error.error, TypeError) and "read-only" in str(error.error)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "long-polling", "sse"])
+def test_connected_runs_in_the_opening_request_with_the_session_read_only(live, recorder,
+                                                                          transport):
+    """``Connected`` runs while the opening request is served, in its own
+    context: what ``before_connect`` put in ``flask.g`` is there, and the
+    session is as read-only as for any event (and stays the request's own
+    after it)."""
+    app = Flask(__name__)
+    app.secret_key = "test"
+    atmosphere = Atmosphere(app)
+
+    @atmosphere.before_connect
+    def who():
+        g.user = request.args.get("user")
+
+    @atmosphere.route("/hello")
+    class Hello(AtmosphereClient):
+        def receive(self, event):
+            if isinstance(event, Connected):
+                try:
+                    session["user"] = "mallory"
+                    wrote = "wrote"
+                except TypeError:
+                    wrote = "read-only"
+                self.send({"user": g.get("user"), "session": wrote})
+
+    server = live(app)
+    base = f"http://127.0.0.1:{server.port}"
+    if transport == "websocket":
+        client = WSClient(server.url("/hello", user="ada", **ATMOSPHERE_PARAMS), track=True,
+                          protocol=True)
+        said = json.loads(client.recv())
+    elif transport == "long-polling":
+        said = json.loads(PollClient(base, "/hello?user=ada").poll()[0])
+    else:
+        said = json.loads(StreamClient(base, "/hello", transport, extra={"user": "ada"}).next())
+    assert said == {"user": "ada", "session": "read-only"}
 
 
 def raising_app(recorder):
