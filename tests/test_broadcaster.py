@@ -88,6 +88,28 @@ def test_skip_self_leaves_each_sender_out_of_its_own_messages():
     assert c.texts() == ["from a", "from b", "to all"]
 
 
+def test_everyone_and_skip_self_from_redis_take_the_fast_path(monkeypatch):
+    """A broadcast that crossed the Redis backplane (encoded, decoded) has
+    the very ``Everyone``/``SkipSelf`` singletons: no filter call per client."""
+    from flask_atmosphere.backplane.envelope import decode, encode
+    a, b = FakeConnection("a"), FakeConnection("b")
+    crossed = [decode(encode(f"id-{n}", Broadcast("/chat", f"m{n}", to, sender="a"))).broadcast
+               for n, to in enumerate([Everyone, SkipSelf])]
+    assert crossed[0].to is Everyone and crossed[1].to is SkipSelf
+
+    calls = []
+    for simple in (Everyone, SkipSelf):
+        original = type(simple).allows
+
+        def counted(self, client, sender, original=original):
+            calls.append(client.uuid)
+            return original(self, client, sender)
+        monkeypatch.setattr(type(simple), "allows", counted)
+    assert fan_out(registry_of(a, b), crossed) == 3
+    assert set(calls) <= {"a"}  # only a sender of a SkipSelf broadcast is looked at
+    assert a.texts() == ["m0"] and b.texts() == ["m0", "m1"]
+
+
 def test_filters_only_self_and_predicates_per_client():
     a, admin = FakeConnection("a"), FakeConnection("admin-1")
     batch = [Broadcast("/chat", "yours", OnlySelf, sender="a", exact=True),
