@@ -26,7 +26,7 @@ from .decisions import (MISSING_TRANSPORT, NOT_UPGRADED, Ask, Kind, Open, Refusa
                         classify, client_for, parameter_refusal)
 from .environ import GEVENT_WEBSOCKET_KEY, UPGRADE_KEY
 from .protocol import (PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, new_tracking_id,
-                       parse_params)
+                       parse_params, protocol_headers)
 from .broadcast import path_key
 from . import lean
 from .transports import longpolling, sse, streaming, websocket
@@ -76,7 +76,7 @@ def plan(atmosphere: "Atmosphere", settings: "Settings", upgraded: Any) -> Plan:
     wants_websocket = upgraded is not None or (
         request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket")
     try:
-        params = parse_params(request.args, request.headers)
+        params = parse_params(request.args, protocol_headers(request.environ))
     except ProtocolError as exc:
         log.info("refused %s %s: %s", request.method, request.path, exc)
         return Plan(parameter_refusal(exc))

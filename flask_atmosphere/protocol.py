@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import uuid as _uuid
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 __all__ = [
     "ProtocolError", "VersionNotSupported", "AtmosphereParams", "parse_params", "TRANSPORTS",
@@ -118,6 +118,18 @@ class HeaderItems(Protocol):
     (a ``dict``, or Werkzeug's ``Headers``)."""
 
     def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+_HEADER_KEYS = ("HTTP_X_ATMOSPHERE_", "HTTP_X_HEARTBEAT_SERVER", "HTTP_X_ATMO_PROTOCOL")
+
+
+def protocol_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    """The request headers of a WSGI ``environ`` (PEP 3333 ``HTTP_*`` keys)
+    that :func:`parse_params` reads, by their lower-case names: the same
+    items as the whole of Werkzeug's ``EnvironHeaders`` would give it,
+    without walking every header."""
+    return {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
+            if key.startswith(_HEADER_KEYS)}
 
 
 def parse_params(query: Mapping[str, str], headers: HeaderItems | None = None

@@ -1,9 +1,14 @@
 """The sans-IO protocol functions, without sockets."""
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.test import EnvironBuilder
 
 from flask_atmosphere.protocol import (ProtocolError, VersionNotSupported, frame, handshake,
                                        handshake_due, heartbeat_interval, is_heartbeat,
-                                       parse_params, utf16_len, valid_tracking_id)
+                                       parse_params, protocol_headers, utf16_len,
+                                       valid_tracking_id)
 
 FIVE_X = {  # the 5.x client's WebSocket upgrade query (§1.1, captured)
     "room": "a", "X-Atmosphere-tracking-id": "0", "X-Atmosphere-Framework": "5.0.7",
@@ -101,3 +106,23 @@ def test_tracking_ids():
     assert not valid_tracking_id("0")
     assert not valid_tracking_id("../etc")
     assert not valid_tracking_id("x" * 129)
+
+
+@given(st.dictionaries(
+    st.sampled_from(["X-Atmosphere-Transport", "X-Atmosphere-tracking-id", "X-Heartbeat-Server",
+                     "X-atmo-protocol", "X-Atmosphere-Offset", "X-Atmosphere-Framework",
+                     "X-Atmosphere-TrackMessageSize", "Content-Type", "Upgrade", "X-Other",
+                     "X-Atmosphere_Transport"]),
+    st.sampled_from(["long-polling", "sse", "abc", "5", "true", "5.0.7", "", "x y"]),
+    max_size=6))
+def test_the_endpoints_header_shortcut_reads_what_werkzeug_reads(headers):
+    """``protocol_headers(environ)`` gives ``parse_params`` what Werkzeug's
+    whole ``EnvironHeaders`` would: the same parameters or the same refusal."""
+    environ = EnvironBuilder(headers=list(headers.items())).get_environ()
+
+    def outcome(items):
+        try:
+            return parse_params({}, items)
+        except ProtocolError as exc:
+            return type(exc), str(exc)
+    assert outcome(protocol_headers(environ)) == outcome(EnvironHeaders(environ))
