@@ -64,11 +64,12 @@ def own_origin() -> str:
     """The origin the current request addressed (``http://host:port``), as
     the app sees it: behind a proxy, after ``ProxyFix`` or the like.
     Worked out once per request (kept in its environ)."""
-    environ = request.environ
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    environ = req.environ
     origin: str | None = environ.get(_OWN_ORIGIN_KEY)
     if origin is None:
-        scheme = {"ws": "http", "wss": "https"}.get(request.scheme, request.scheme)
-        origin = environ[_OWN_ORIGIN_KEY] = f"{scheme}://{request.host}"
+        scheme = {"ws": "http", "wss": "https"}.get(req.scheme, req.scheme)
+        origin = environ[_OWN_ORIGIN_KEY] = f"{scheme}://{req.host}"
     return origin
 
 
@@ -84,7 +85,7 @@ def origin_refusal(settings: "Settings", page: bool = False) -> Refusal | None:
             come from a page and are not checked.
     """
     own = own_origin()
-    origin = request.headers.get("Origin")
+    origin = request.environ.get("HTTP_ORIGIN")
     if page:
         origin = page_origin(origin, request.headers.get("Sec-Fetch-Site"),
                              request.headers.get("Referer"), own)
@@ -136,7 +137,8 @@ def app_refusal(atmosphere: "Atmosphere", settings: "Settings", new: bool) -> Re
 def cors_headers(settings: "Settings") -> dict[str, str]:
     """CORS response headers for the current request (§4): its origin,
     echoed only when it is allowed and foreign; nothing otherwise."""
-    return cors_headers_for(request.headers.get("Origin"), settings.allowed_origins, own_origin())
+    return cors_headers_for(request.environ.get("HTTP_ORIGIN"), settings.allowed_origins,
+                            own_origin())
 
 
 def preflight(settings: "Settings") -> dict[str, str] | Refusal:
@@ -177,9 +179,10 @@ def resume_cookie(settings: "Settings", key: str) -> str:
     for the whole app, ``SameSite=Lax`` (``None`` with ``Secure`` for a
     foreign page over https, so that it travels with credentials)."""
     assert settings.resume_cookie is not None
-    secure = request.scheme in ("https", "wss")
-    foreign = request.headers.get("Origin") not in (None, own_origin())
-    return dump_cookie(settings.resume_cookie, key, path=request.script_root or "/",
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    secure = req.scheme in ("https", "wss")
+    foreign = req.environ.get("HTTP_ORIGIN") not in (None, own_origin())
+    return dump_cookie(settings.resume_cookie, key, path=req.script_root or "/",
                        httponly=True, secure=secure,
                        samesite="None" if foreign and secure else "Lax")
 

@@ -73,17 +73,18 @@ def plan(atmosphere: "Atmosphere", settings: "Settings", upgraded: Any) -> Plan:
     """The :class:`Plan` for the current request; ``upgraded`` is the
     WebSocket that gevent-websocket upgraded before the app ran, or ``None``.
     It changes nothing (the app's ``before_connect`` hooks run later)."""
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    environ, args = req.environ, req.args
     wants_websocket = upgraded is not None or (
-        request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket")
+        req.method == "GET" and environ.get("HTTP_UPGRADE", "").lower() == "websocket")
     try:
-        params = parse_params(request.args, protocol_headers(request.environ))
+        params = parse_params(args, protocol_headers(environ))
     except ProtocolError as exc:
-        log.info("refused %s %s: %s", request.method, request.path, exc)
+        log.info("refused %s %s: %s", req.method, req.path, exc)
         return Plan(parameter_refusal(exc))
-    post_body = "X-Atmosphere-Post-Body" in request.args
-    ask = classify(request.method, wants_websocket,
-                   upgraded is not None or UPGRADE_KEY in request.environ, params, post_body,
-                   settings.transports)
+    post_body = "X-Atmosphere-Post-Body" in args
+    ask = classify(req.method, wants_websocket, upgraded is not None or UPGRADE_KEY in environ,
+                   params, post_body, settings.transports)
     if isinstance(ask, Refusal):
         return Plan(ask, None, params)
     if ask.kind is Kind.PREFLIGHT:
@@ -137,7 +138,8 @@ def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
             response = _message(atmosphere, settings, route, chosen)
         else:
             response = _open(atmosphere, settings, route, chosen, upgraded)
-    response.headers.update(cors_headers(settings))
+    if not isinstance(response, UpgradedResponse):  # a 101 went out already
+        response.headers.update(cors_headers(settings))
     return response
 
 
@@ -177,27 +179,29 @@ def _new_connection(atmosphere: "Atmosphere", settings: "Settings", route: "Rout
     for it) if the answer cannot carry the cookie, or if it goes to a
     foreign page that brought none (its browser may not send it back).
     """
+    req = request._get_current_object()  # type: ignore[attr-defined]
     key = resume_key(settings)
     headers: list[tuple[str, str]] = []
     binding = key
     if key is None and settings.resume_cookie is not None:
         new_key = new_resume_key()
-        foreign = request.headers.get("Origin") not in (None, own_origin())
+        foreign = req.headers.get("Origin") not in (None, own_origin())
         if can_set_cookie:
             headers.append(("Set-Cookie", resume_cookie(settings, new_key)))
             binding = None if foreign else new_key
-    opening = request.environ
+    opening = req.environ
     environ = {key_: opening[key_] for key_ in _KEPT_KEYS if key_ in opening}
     environ.update((name, value) for name, value in opening.items() if name.startswith("HTTP_"))
     connect_request = ConnectRequest(
-        path=path_key(request.path),
-        view_args=dict(request.view_args or {}),
-        args={k: v for k, v in request.args.items() if k.lower() not in PROTOCOL_PARAMS},
+        path=path_key(req.path),
+        view_args=dict(req.view_args or {}),
+        args={k: v for k, v in req.args.items() if k.lower() not in PROTOCOL_PARAMS},
         headers=EnvironHeaders(environ),
-        remote_addr=request.remote_addr,
+        remote_addr=req.remote_addr,
         transport=transport,
     )
-    frozen = ReadOnlySession(session, bool(getattr(session, "permanent", False)))
+    opened = session._get_current_object()  # type: ignore[attr-defined]
+    frozen = ReadOnlySession(opened, bool(getattr(opened, "permanent", False)))
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     connection = Connection(atmosphere, app, settings, route,
                             uuid or new_tracking_id(), params, connect_request, frozen, environ,

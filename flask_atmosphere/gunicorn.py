@@ -22,7 +22,7 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIServer
 
-from .server import AtmosphereHandler
+from .server import AtmosphereHandler, freeze_startup_objects
 
 __all__ = ["Worker"]
 
@@ -59,6 +59,7 @@ class Worker(GeventPyWSGIWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        freeze_startup_objects()
         atmosphere = self._atmosphere()
         if atmosphere is None:
             log.warning("gunicorn serves an app without an Atmosphere (is the app wrapped? "

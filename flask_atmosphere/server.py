@@ -16,6 +16,7 @@ before calling the app instead; the transports handle that too.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import signal
@@ -183,6 +184,15 @@ class _WSGIServer(WSGIServer):
         super().do_close(sock, *args)
 
 
+def freeze_startup_objects() -> None:
+    """Leave what exists at start-up (the app, its modules, its routes) out
+    of the garbage collector's future passes (``gc.freeze``): it lives as
+    long as the process, and a connect storm then costs the collector only
+    the connections' own objects (about 10 % of a WebSocket connect's CPU
+    in ``python -m bench storm``). Refcounting still frees frozen objects."""
+    gc.freeze()
+
+
 class AtmosphereServer:
     """A pywsgi server for ``app`` with WebSocket support.
 
@@ -230,7 +240,10 @@ class AtmosphereServer:
         self._stopped.set()
 
     def serve_forever(self) -> None:
-        """Start and serve until SIGINT or SIGTERM (main thread only), then stop."""
+        """Start and serve until SIGINT or SIGTERM (main thread only), then
+        stop. The process is the server's from now on: what exists already
+        is frozen (:func:`freeze_startup_objects`)."""
+        freeze_startup_objects()
         self.start()
         address: Any = self.wsgi.address
         host, port = address[:2]

@@ -109,6 +109,9 @@ class UpgradedResponse(Response):
     itself (``environ.UPGRADE_KEY``): the ``101`` is sent already, so this
     writes nothing at all."""
 
+    def __init__(self) -> None:
+        super().__init__(content_type="text/plain")  # nothing for Werkzeug to look up
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         return []
 
