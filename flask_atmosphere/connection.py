@@ -418,6 +418,9 @@ class Connection:
         """
         self.atmosphere.registry.add(self)
         self.atmosphere.counters.add("connects")
+        remote = self.atmosphere.remote
+        if remote is not None and self.resumable:  # its requests may land on other processes
+            remote.forwarding.claim(self.uuid, self.path, self.binding, self.settings.grace_period)
         self._opened = self._opening = True
         try:
             self.dispatch(Connected())
@@ -502,6 +505,9 @@ class Connection:
         else:  # what a read saw after the server closed is no news
             by = ServerDisconnected()
             error = request.error
+        remote = self.atmosphere.remote
+        if remote is not None:
+            remote.forwarding.release(self.uuid)
         try:
             self.dispatch(Disconnected(by, error))
         finally:

@@ -29,10 +29,13 @@ from .protocol import (PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, new_tra
                        parse_params, protocol_headers)
 from .broadcast import path_key
 from . import lean
+from .remote import GONE, HolderSilent, Remote
 from .transports import longpolling, sse, streaming, websocket
-from .transports.responses import UpgradedResponse, empty_response, refusal_response
+from .transports.responses import (NO_CACHE, DeferredResponse, UpgradedResponse, empty_response,
+                                   refusal_response)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .backplane.forwarding import Holder
     from .config import Settings
     from .extension import Atmosphere, Route
 
@@ -133,6 +136,8 @@ def serve(atmosphere: "Atmosphere", route: "Route") -> Response:
         elif ask.kind is Kind.GOODBYE:
             if chosen.existing is not None:
                 chosen.existing.finish()
+            else:
+                _forward_goodbye(atmosphere, settings, chosen)
             response = empty_response()
         elif ask.kind is Kind.MESSAGE:
             response = _message(atmosphere, settings, route, chosen)
@@ -224,10 +229,19 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
     assert transport is not None
     if isinstance(decision, Refusal):
         return _refuse(decision, upgraded)
-    refused = app_refusal(atmosphere, settings, new=existing is None)
+    holder = _held_elsewhere(atmosphere, chosen) if existing is None else None
+    if holder is not None and (transport not in ("long-polling", "jsonp")
+                               or not _may_act(settings, holder)):
+        # Held by a live process that this request may not act for, or on
+        # a transport it is not served across processes on: a client of
+        # its own, as a held client's tracking id gets here.
+        holder, decision = None, Open(None)
+    refused = app_refusal(atmosphere, settings, new=existing is None and holder is None)
     if refused is not None:
         atmosphere.counters.add("refused")
         return _refuse(refused, upgraded)
+    if holder is not None:
+        return _forward_poll(atmosphere, settings, holder, params, transport)
     offset = params.offset
     if transport == "sse" and offset is None:
         last_event_id = request.headers.get("Last-Event-ID", "")
@@ -336,13 +350,20 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
         return _too_big(limit)
     if isinstance(decision, Refusal):
         return refusal_response(decision)
-    refused = app_refusal(atmosphere, settings, new=existing is None)
+    holder = _held_elsewhere(atmosphere, chosen) if existing is None else None
+    if holder is not None and not _may_act(settings, holder):
+        holder, decision = None, Open(None)  # as a held client's tracking id gets here
+    refused = app_refusal(atmosphere, settings, new=existing is None and holder is None)
     if refused is not None:
         atmosphere.counters.add("refused")
         return refusal_response(refused)
     if existing is not None:
         existing.inbound(text)
         return empty_response()
+    if holder is not None:
+        forwarded = _forward_message(atmosphere, settings, holder, params.tracking_id, text)
+        if forwarded is not None:
+            return forwarded
     # A client nobody knows yet gets a fresh state, as Java does: it is
     # opened here and waits for its own GET within the grace period (or
     # ends at once if it cannot come back).
@@ -358,6 +379,71 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
     for name, value in cookies:
         response.headers.add(name, value)
     return response
+
+
+# -- clients held by another process (remote.py) ----------------------------------
+
+def _held_elsewhere(atmosphere: "Atmosphere", chosen: Plan) -> "Holder | None":
+    """The other process that holds the client the request names, if the
+    Redis backplane says a live one does."""
+    remote, params = atmosphere.remote, chosen.params
+    if remote is None or params is None or not isinstance(chosen.client, Open) \
+            or chosen.client.uuid != params.tracking_id:
+        return None  # only a valid tracking id that no client here holds
+    return remote.holder(params.tracking_id)
+
+
+def _may_act(settings: "Settings", holder: "Holder") -> bool:
+    """Whether the request may act for the client ``holder`` holds (see ``Remote.may_act``)."""
+    return Remote.may_act(holder, path_key(request.path), resume_key(settings))
+
+
+def _forward_poll(atmosphere: "Atmosphere", settings: "Settings", holder: "Holder",
+                  params: AtmosphereParams, transport: str) -> Response:
+    """A poll answered by the process that holds its client."""
+    assert atmosphere.remote is not None
+    callback = request.args.get("jsonpTransport", "atmosphere") if transport == "jsonp" \
+        else None
+    respond = atmosphere.remote.poll(holder, params.tracking_id, settings,
+                                     request.args.to_dict(), protocol_headers(request.environ),
+                                     callback)
+    return DeferredResponse(respond, content_type=longpolling.content_type(callback),
+                            headers=NO_CACHE)
+
+
+def _forward_message(atmosphere: "Atmosphere", settings: "Settings", holder: "Holder",
+                     uuid: str, text: str) -> Response | None:
+    """A message run through ``receive`` by the process that holds its
+    client, answered once it has run; ``None`` if that process holds it no
+    more (it is then served here, as a message of a client nobody knows)."""
+    assert atmosphere.remote is not None
+    try:
+        answer = atmosphere.remote.call(holder, "message", uuid, _forward_timeout(settings),
+                                        text=text)
+    except HolderSilent as exc:
+        log.warning("a message for client %s was not delivered: %s", uuid, exc)
+        return refusal_response(Refusal(504, "the process holding this client did not answer"))
+    return None if answer.get(GONE) else empty_response()
+
+
+def _forward_goodbye(atmosphere: "Atmosphere", settings: "Settings", chosen: Plan) -> None:
+    """A goodbye for a client held by another process, said there."""
+    holder = _held_elsewhere(atmosphere, chosen)
+    if holder is None or atmosphere.remote is None or chosen.params is None \
+            or not _may_act(settings, holder):
+        return
+    try:
+        atmosphere.remote.call(holder, "goodbye", chosen.params.tracking_id,
+                               _forward_timeout(settings))
+    except HolderSilent as exc:
+        log.warning("a goodbye for client %s was not delivered: %s", chosen.params.tracking_id,
+                    exc)
+
+
+def _forward_timeout(settings: "Settings") -> float:
+    """Seconds to wait for the holder's answer to a message or a goodbye:
+    as long as a write may take, and two Redis round trips."""
+    return settings.write_timeout + 2 * settings.redis_timeout
 
 
 def _too_big(limit: int) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from .wire import JsonWireFormat, WireFormat
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
+    from .remote import Remote
 
 __all__ = ["Atmosphere", "Route"]
 
@@ -102,6 +104,8 @@ class Atmosphere:
         self._routes: list[Route] = []
         self._apps: "weakref.WeakKeyDictionary[Flask, Settings]" = weakref.WeakKeyDictionary()
         self._error_handlers: list[Callable[[AtmosphereClient, BaseException], Any]] = []
+        #: Serves requests for clients held by other processes (Redis backplane only).
+        self.remote: Remote | None = None
         #: The functions registered with :meth:`before_connect`.
         self.before_connect_hooks: list[Callable[[], Any]] = []
         #: True once :meth:`shutdown` began: new clients get 503.
@@ -138,6 +142,7 @@ class Atmosphere:
                 settings.redis_outbox, settings.redis_probe_interval, settings.redis_timeout,
                 settings.redis_cluster))
             self._own_backplane = True
+        self._start_forwarding()
         for route in self._routes:
             if route.blueprint is None:
                 self._add_rule(app, route)
@@ -148,6 +153,21 @@ class Atmosphere:
         self._add_stats_views(app, settings)
         # The polls of known long-polling clients are answered before Flask.
         lean.install(self, app)
+
+    def _start_forwarding(self) -> None:
+        """With the Redis backplane, requests for clients held by another
+        process are served there (``remote.py``): no sticky sessions."""
+        backplane = self.broadcaster.backplane
+        redis_backplane = sys.modules.get(f"{__package__}.backplane.redis")  # not imported: none
+        if self.remote is not None or redis_backplane is None \
+                or not isinstance(backplane, redis_backplane.RedisBackplane):
+            return
+        from .backplane.forwarding import Forwarding
+        from .remote import Remote
+        self.remote = Remote(self, Forwarding(backplane.url, backplane.prefix, backplane.origin,
+                                              backplane.probe_interval, backplane.timeout,
+                                              backplane.cluster))
+        self.remote.start()
 
     def _add_stats_views(self, app: Flask, settings: Settings) -> None:
         """Serve :meth:`stats` as JSON and as Prometheus text where the

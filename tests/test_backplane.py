@@ -165,9 +165,14 @@ def test_redis_memory_stays_flat_under_a_long_run(redis_server, app_processes):
             if kind == b"stream":
                 assert r.xlen(key) <= 300  # capped ("~": whole nodes of 100)
                 assert 0 < r.pttl(key) <= 1000
+            elif kind == b"string":  # the process's liveness, the client's holder
+                assert key.startswith((b"atmosphere:node:", b"atmosphere:client:"))
+                assert 0 < r.pttl(key) <= 62_000  # the grace period and 3 refreshes at most
             else:
                 assert kind == b"hash" and key.endswith(b":meta")
-        assert r.dbsize() <= 4  # a stream and a meta per shard: nothing else, nothing more
+        # A stream and a meta per shard, the liveness of `one`, the holder of
+        # its client: nothing else, nothing more.
+        assert r.dbsize() <= 6
     assert max(used[1:]) < used[0] * 1.2 + 256 * 1024  # flat after the first round
 
 

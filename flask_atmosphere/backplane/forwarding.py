@@ -1,0 +1,279 @@
+"""Requests for a client that another process holds, carried through Redis,
+so that the HTTP transports need no sticky sessions.
+
+A client object lives in one process, its holder. With the Redis backplane,
+every process keeps in Redis which clients it holds and that it is alive;
+a request that lands on another process (a poll, an upstream message, a
+goodbye) is sent to the holder, which serves it as its own, and the answer
+comes back the same way.
+
+What this module keeps in Redis, under the app's prefix, each with a TTL:
+
+- ``{prefix}:client:{uuid}``: the holder of a client, JSON ``{"node",
+  "path", "binding"}`` (``binding``: the SHA-256 of its resume key, or
+  ``null``); it lives for the grace period and three refresh intervals,
+  is refreshed every refresh interval while the client lives, and is
+  deleted when the client ends;
+- ``{prefix}:node:{node}``: a process's liveness, for three refresh
+  intervals, refreshed every interval;
+- ``{prefix}:{node:<node>}:inbox`` and ``…:replies``: the requests sent to a
+  process and the replies it gets, streams capped at ``STREAM_MAX_LENGTH``
+  entries that expire with the process's liveness (one slot per process:
+  the braces are a Redis Cluster hash tag).
+
+Redis is used from two native threads (a writer and a reader) and from the
+callers of :meth:`Forwarding.holder` (a blocking lookup: run it off the hub,
+e.g. in gevent's threadpool), never from the gevent loop. Requests and
+replies are handed to the hub by the ``hand`` function given to
+:meth:`Forwarding.start`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any, Callable
+
+import simplejson
+from gevent.monkey import get_original
+
+from ..config import redis_url
+
+__all__ = ["Forwarding", "Holder", "binding_hash"]
+
+log = logging.getLogger("flask_atmosphere.backplane")
+
+_Thread, _Condition, _Lock, _Event = (get_original("threading", name)
+                                      for name in ("Thread", "Condition", "Lock", "Event"))
+
+#: Entries kept at most in a process's inbox and replies streams.
+STREAM_MAX_LENGTH = 10_000
+#: Seconds a reader blocks on its streams at most (it then checks for a stop).
+READ_BLOCK = 1.0
+
+
+def binding_hash(binding: str | None) -> str | None:
+    """What the directory keeps of a resume key: its SHA-256 (hex), never the key."""
+    return None if binding is None else hashlib.sha256(binding.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a client, as the directory says.
+
+    Attributes:
+        node: the holding process's name.
+        path: the client's broadcaster path.
+        binding: the SHA-256 of its resume key, or ``None`` (not bound).
+        alive: the holding process's liveness key is there.
+    """
+    node: str
+    path: str
+    binding: str | None
+    alive: bool
+
+
+class Forwarding:
+    """The directory of clients and the request/reply channel between the
+    processes of one app.
+
+    Args:
+        url: the Redis URL (``ATMOSPHERE_BACKPLANE``).
+        prefix: the app's key prefix (``ATMOSPHERE_REDIS_PREFIX``).
+        node: this process's name (unique among the app's processes).
+        refresh_interval: seconds between two refreshes of the liveness and
+            directory keys (``ATMOSPHERE_REDIS_PROBE_INTERVAL``).
+        timeout: seconds a Redis command may take (``ATMOSPHERE_REDIS_TIMEOUT``).
+        cluster: ``url`` names a node of a Redis Cluster.
+    """
+
+    def __init__(self, url: str, prefix: str, node: str, refresh_interval: float = 5.0,
+                 timeout: float = 2.0, cluster: bool = False):
+        self.url = redis_url(url)
+        self.prefix = prefix
+        self.node = node
+        self.refresh_interval = refresh_interval
+        self.timeout = timeout
+        self.cluster = cluster
+        self._claims: dict[str, tuple[str, int]] = {}  # uuid -> (entry, ttl in ms)
+        self._commands: deque[tuple[Any, ...]] = deque()
+        self._lock = _Lock()
+        self._wake = _Condition(self._lock)
+        self._stopped = _Event()
+        self._hand: Callable[..., None] | None = None
+        self._on_request: Callable[[dict[str, Any]], None] = lambda message: None
+        self._on_reply: Callable[[dict[str, Any]], None] = lambda message: None
+        self._lookup: Any = None  # the client of holder(), made on first use
+        self._threads: list[Any] = []
+
+    # -- keys --------------------------------------------------------------------
+
+    def client_key(self, uuid: str) -> str:
+        return f"{self.prefix}:client:{uuid}"
+
+    def node_key(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}"
+
+    def inbox(self, node: str) -> str:
+        return f"{self.prefix}:{{node:{node}}}:inbox"
+
+    def replies(self, node: str) -> str:
+        return f"{self.prefix}:{{node:{node}}}:replies"
+
+    # -- the interface -------------------------------------------------------------
+
+    def start(self, hand: Callable[..., None], on_request: Callable[[dict[str, Any]], None],
+              on_reply: Callable[[dict[str, Any]], None]) -> None:
+        """Start the writer and reader threads.
+
+        Args:
+            hand: ``hand(fn, *args)`` runs ``fn(*args)`` on the hub (from any thread).
+            on_request: called on the hub with each request sent to this process.
+            on_reply: called on the hub with each reply this process gets.
+        """
+        self._hand, self._on_request, self._on_reply = hand, on_request, on_reply
+        for name, target in (("writer", self._write_loop), ("reader", self._read_loop)):
+            thread = _Thread(target=target, name=f"atmosphere-forwarding-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop the threads; this process's liveness key is left to expire."""
+        self._stopped.set()
+        with self._lock:
+            self._wake.notify_all()
+
+    def claim(self, uuid: str, path: str, binding: str | None, grace_period: float) -> None:
+        """This process holds ``uuid`` (from any thread; written at once,
+        then refreshed until :meth:`release`)."""
+        entry = simplejson.dumps({"node": self.node, "path": path,
+                                  "binding": binding_hash(binding)})
+        ttl = int((grace_period + 3 * self.refresh_interval) * 1000)
+        with self._lock:
+            self._claims[uuid] = (entry, ttl)
+            self._commands.append(("set", self.client_key(uuid), entry, ttl))
+            self._wake.notify()
+
+    def release(self, uuid: str) -> None:
+        """This process holds ``uuid`` no more: its directory entry goes."""
+        with self._lock:
+            if self._claims.pop(uuid, None) is not None:
+                self._commands.append(("del", self.client_key(uuid)))
+                self._wake.notify()
+
+    def send(self, node: str, message: dict[str, Any], reply: bool = False) -> None:
+        """Append ``message`` to ``node``'s inbox (``reply``: to its replies), in order."""
+        stream = self.replies(node) if reply else self.inbox(node)
+        with self._lock:
+            self._commands.append(("xadd", stream, simplejson.dumps(message)))
+            self._wake.notify()
+
+    def holder(self, uuid: str) -> Holder | None:
+        """Who holds ``uuid``, or ``None``: a blocking Redis lookup (two
+        reads), never to be called on the hub.
+
+        Raises:
+            redis.RedisError: Redis could not be reached.
+        """
+        if self._lookup is None:
+            self._lookup = self._client()
+        raw = self._lookup.get(self.client_key(uuid))
+        if raw is None:
+            return None
+        try:
+            entry = simplejson.loads(raw)
+            node, path, binding = entry["node"], entry["path"], entry["binding"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("a malformed directory entry for a client was skipped: %.60r", raw)
+            return None
+        alive = node == self.node or bool(self._lookup.exists(self.node_key(node)))
+        return Holder(str(node), str(path), binding, alive)
+
+    # -- threads -------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        import redis  # redis-py, the "redis" extra: only with the Redis backplane
+        from redis.cluster import RedisCluster
+        kind: Any = RedisCluster if self.cluster else redis.Redis
+        return kind.from_url(self.url, socket_timeout=self.timeout,
+                             socket_connect_timeout=self.timeout)
+
+    def _write_loop(self) -> None:
+        client: Any = None
+        refreshed = 0.0
+        while not self._stopped.is_set():
+            with self._lock:
+                if not self._commands and monotonic() - refreshed < self.refresh_interval:
+                    self._wake.wait(self.refresh_interval)
+                commands = list(self._commands)
+                claims = list(self._claims.items()) \
+                    if monotonic() - refreshed >= self.refresh_interval else None
+            try:
+                if client is None:
+                    client = self._client()
+                pipe = client.pipeline(transaction=False)
+                if claims is not None:
+                    self._refresh(pipe, claims)
+                for command in commands:
+                    self._queue(pipe, command)
+                pipe.execute()
+            except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
+                client = None
+                log.warning("forwarding between processes failed (%s): retrying", exc)
+                self._stopped.wait(min(self.refresh_interval, 1.0))
+                continue
+            if claims is not None:
+                refreshed = monotonic()
+            with self._lock:
+                for _ in commands:
+                    self._commands.popleft()
+
+    def _refresh(self, pipe: Any, claims: list[tuple[str, tuple[str, int]]]) -> None:
+        """This process is alive, and holds these clients."""
+        ttl = int(3 * self.refresh_interval * 1000)
+        pipe.set(self.node_key(self.node), "1", px=ttl)
+        for stream in (self.inbox(self.node), self.replies(self.node)):
+            pipe.pexpire(stream, ttl)
+        for uuid, (entry, entry_ttl) in claims:
+            pipe.set(self.client_key(uuid), entry, px=entry_ttl)
+
+    def _queue(self, pipe: Any, command: tuple[Any, ...]) -> None:
+        kind = command[0]
+        if kind == "set":
+            pipe.set(command[1], command[2], px=command[3])
+        elif kind == "del":
+            pipe.delete(command[1])
+        else:  # xadd
+            pipe.xadd(command[1], {"m": command[2]}, maxlen=STREAM_MAX_LENGTH, approximate=True)
+            pipe.pexpire(command[1], int(3 * self.refresh_interval * 1000))
+
+    def _read_loop(self) -> None:
+        client: Any = None
+        inbox, replies = self.inbox(self.node), self.replies(self.node)
+        last = {inbox: "0-0", replies: "0-0"}  # the streams are this process's own: new
+        while not self._stopped.is_set():
+            try:
+                if client is None:
+                    client = self._client()
+                found = client.xread(last, block=int(READ_BLOCK * 1000), count=256)
+            except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
+                client = None
+                log.warning("reading forwarded requests failed (%s): retrying", exc)
+                self._stopped.wait(min(self.refresh_interval, 1.0))
+                continue
+            for stream, entries in found or []:
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                handle = self._on_request if name == inbox else self._on_reply
+                for entry_id, fields in entries:
+                    last[name] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    try:
+                        message = simplejson.loads(fields[b"m"])
+                        if not isinstance(message, dict):
+                            raise ValueError("not an object")
+                    except (KeyError, ValueError) as exc:
+                        log.warning("a malformed forwarded entry was skipped (%s)", exc)
+                        continue
+                    if self._hand is not None:
+                        self._hand(handle, message)

@@ -1,0 +1,220 @@
+"""Clients held by another process: a long-poll, an upstream message or a
+goodbye that lands on a process that does not hold its client is served by
+the holder, through Redis (``backplane/forwarding.py``), so that the HTTP
+transports need no sticky sessions.
+
+The process that got the request (the requester) checks it as its own:
+the origin, the resume key against the one the client is bound to, the
+app's ``before_connect`` hooks. It then sends the request to the holder,
+which serves it exactly as a request of its own (the poll waits on the
+client's mailbox, the message runs through ``receive``), and sends the
+answer back in parts: the requester writes them as they come. The client's
+``Connected``, ``Disconnected``, grace period and mailbox stay with the
+holder: a poll that lands elsewhere is one more request of the same client.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import gevent
+from gevent.queue import Empty, Queue
+
+from .backplane.forwarding import Forwarding, Holder, binding_hash
+from .protocol import parse_params
+from .transports.longpolling import Poll
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
+    from .extension import Atmosphere
+
+__all__ = ["Remote"]
+
+log = logging.getLogger("flask_atmosphere")
+
+#: What the holder answers when it does not hold the client (any more).
+GONE = "gone"
+
+
+class HolderSilent(Exception):
+    """The holding process did not answer in time."""
+
+
+class Remote:
+    """This process's side of forwarding: it sends requests for clients
+    held elsewhere and serves those sent to it.
+
+    Args:
+        atmosphere: the extension.
+        forwarding: the directory and channel (started by :meth:`start`).
+    """
+
+    def __init__(self, atmosphere: "Atmosphere", forwarding: Forwarding):
+        self.atmosphere = atmosphere
+        self.forwarding = forwarding
+        self._pending: dict[str, Queue[dict[str, Any]]] = {}
+
+    def start(self) -> None:
+        """Start the forwarding threads; requests and replies are handled on the hub."""
+        self.forwarding.start(self.atmosphere.broadcaster.call, self._on_request, self._on_reply)
+
+    def stop(self) -> None:
+        self.forwarding.stop()
+
+    # -- the requester's side ------------------------------------------------------
+
+    def holder(self, tracking_id: str) -> Holder | None:
+        """The live process, not this one, that holds ``tracking_id``, or
+        ``None`` (nobody does, or its holder is dead). Waits for Redis in
+        gevent's threadpool, never on the hub; a Redis that cannot be
+        reached counts as nobody."""
+        try:
+            found = gevent.get_hub().threadpool.apply(self.forwarding.holder, (tracking_id,))
+        except Exception as exc:  # noqa: BLE001 -- Redis away: served here, as without it
+            log.warning("could not look up the holder of a client (%s)", exc)
+            return None
+        if found is None or found.node == self.forwarding.node or not found.alive:
+            return None
+        return found
+
+    @staticmethod
+    def may_act(holder: Holder, path: str, resume_key: str | None) -> bool:
+        """Whether a request on ``path`` that brings ``resume_key`` may act
+        for the client ``holder`` holds: the same path, and the key the
+        client is bound to (if any), as for a client held here."""
+        return holder.path == path and (holder.binding is None
+                                        or holder.binding == binding_hash(resume_key))
+
+    def ask(self, holder: Holder, kind: str, uuid: str, **payload: Any
+            ) -> tuple[str, Queue[dict[str, Any]]]:
+        """Send a request of ``kind`` for ``uuid`` to ``holder``. Returns its
+        id and the queue its answer's parts arrive in (:meth:`close` it
+        when done)."""
+        rid = secrets.token_hex(8)
+        replies: Queue[dict[str, Any]] = Queue()
+        self._pending[rid] = replies
+        self.forwarding.send(holder.node, {"kind": kind, "rid": rid, "from": self.forwarding.node,
+                                           "uuid": uuid, **payload})
+        return rid, replies
+
+    def close(self, rid: str) -> None:
+        """No more parts are awaited for the request ``rid``."""
+        self._pending.pop(rid, None)
+
+    def call(self, holder: Holder, kind: str, uuid: str, timeout: float,
+             **payload: Any) -> dict[str, Any]:
+        """:meth:`ask`, and the one reply.
+
+        Raises:
+            HolderSilent: no reply within ``timeout`` seconds.
+        """
+        rid, replies = self.ask(holder, kind, uuid, **payload)
+        try:
+            return replies.get(timeout=timeout)
+        except Empty:
+            raise HolderSilent(f"{holder.node} did not answer within {timeout}s") from None
+        finally:
+            self.close(rid)
+
+    def poll(self, holder: Holder, uuid: str, settings: "Settings", args: dict[str, str],
+             headers: dict[str, str], callback: str | None
+             ) -> Callable[[Callable[..., Any], str, list[tuple[str, str]]], Iterable[bytes]]:
+        """A ``DeferredResponse`` callable that answers a poll with what the
+        holder answers (status, its ``Date``/``Content-Length``, body parts)."""
+        rid, replies = self.ask(holder, "poll", uuid, args=args, headers=headers,
+                                callback=callback)
+        wait = settings.heartbeat_interval + 2 * self.forwarding.timeout \
+            + self.forwarding.refresh_interval + 1
+
+        def respond(start_response: Callable[..., Any], status: str,
+                    own: list[tuple[str, str]]) -> Iterable[bytes]:
+            try:
+                write = None
+                while True:
+                    try:
+                        part = replies.get(timeout=wait)
+                    except Empty:
+                        log.warning("the holder %s of client %s did not answer a poll in %.0fs",
+                                    holder.node, uuid, wait)
+                        if write is None:
+                            start_response("504 Gateway Timeout", own)
+                        return []
+                    if part.get(GONE):
+                        if write is None:
+                            start_response("410 Gone", own)
+                        return []
+                    if write is None:
+                        write = start_response(part["status"],
+                                               own + [tuple(h) for h in part["headers"]])
+                    if "data" in part:  # "" too: the headers go out now
+                        write(part["data"].encode("latin-1"))
+                    if part.get("end"):
+                        return []
+            finally:
+                self.close(rid)
+        return respond
+
+    def _on_reply(self, message: dict[str, Any]) -> None:
+        replies = self._pending.get(str(message.get("rid")))
+        if replies is not None:
+            replies.put(message)
+
+    # -- the holder's side -------------------------------------------------------------
+
+    def _on_request(self, message: dict[str, Any]) -> None:
+        gevent.spawn(self._serve, message)
+
+    def _serve(self, message: dict[str, Any]) -> None:
+        kind, rid, requester = message.get("kind"), message.get("rid"), message.get("from")
+        if not isinstance(rid, str) or not isinstance(requester, str):
+            log.warning("a forwarded request without its ids was skipped")
+            return
+
+        def reply(**part: Any) -> None:
+            self.forwarding.send(requester, {"rid": rid, **part}, reply=True)
+
+        connection = self.atmosphere.registry.get(str(message.get("uuid")))
+        if connection is None or connection.finished:
+            reply(**{GONE: True})
+            return
+        try:
+            if kind == "message" and isinstance(message.get("text"), str):
+                connection.inbound(message["text"])
+                reply(status=200)
+            elif kind == "goodbye":
+                connection.finish()
+                reply(status=200)
+            elif kind == "poll":
+                self._serve_poll(connection, message, reply)
+            else:
+                log.warning("a forwarded request of unknown kind %.40r was skipped", kind)
+        except Exception:  # noqa: BLE001 -- a bad request from another process hurts nobody
+            log.exception("a forwarded %s for client %s failed", kind, connection.uuid)
+            reply(**{GONE: True})
+
+    def _serve_poll(self, connection: Any, message: dict[str, Any],
+                    reply: Callable[..., None]) -> None:
+        """The holder's half of a poll: the very ``Poll`` a poll of its own
+        gets, its status, headers and writes sent back as they happen."""
+        params = parse_params(message["args"], message["headers"])
+        connection.resume(params, params.offset)
+        head: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Callable[[bytes], None]:
+            head[:] = [status, headers]
+            return write
+
+        def write(data: bytes) -> None:
+            part: dict[str, Any] = {"data": data.decode("latin-1")}
+            if head:
+                part["status"], part["headers"] = head
+                head.clear()
+            reply(**part)
+
+        Poll(connection, {}, message.get("callback")).respond(start_response, "200 OK", [])
+        if head:  # answered with nothing at all
+            reply(status=head[0], headers=head[1], data="", end=True)
+        else:
+            reply(end=True)

@@ -1,0 +1,82 @@
+"""Long-polling without sticky sessions: with the Redis backplane, each
+request of a client may land on any process of the app (real processes,
+real Redis); the one that holds the client serves it."""
+from __future__ import annotations
+
+import json
+
+from app_processes import app_processes  # noqa: F401 (a fixture)
+from http_clients import PollClient, StreamClient
+from redis_servers import redis_server  # noqa: F401 (a fixture)
+from test_backplane import wait_up, ws
+
+QUICK = {"ATMOSPHERE_HEARTBEAT_INTERVAL": 2}
+
+
+def on(client: PollClient, process) -> PollClient:
+    """The client's next requests go to ``process`` (its cookies go along)."""
+    client.url = process.base + "/chat"
+    return client
+
+
+def test_polls_posts_and_goodbye_on_any_process(redis_server, app_processes):
+    one, two = (app_processes(redis_server.url, **QUICK) for _ in range(2))
+    wait_up(one, two)
+    witness = ws(one)  # sees the one agreed order of the broadcasts
+    client = PollClient(one.base, "/chat")  # its handshake: `one` holds it from now on
+    processes = [one, two]
+    hello = json.loads(on(client, two).poll()[0])
+    assert hello["hello"] == client.uuid  # its Connected ran on `one`, once
+    got: list[str] = []
+    expected: list[str] = []
+    for i in range(40):
+        processes[i % 2].push("/chat", f"m{i}")
+        expected.append(witness.recv())
+        while len(got) < len(expected):  # polls on the other process, then on this one
+            got += on(client, processes[(i + 1 + len(got)) % 2]).poll()
+    assert got == expected and len(set(got)) == 40  # everything once, in the agreed order
+
+    for i in range(20):  # upstream messages to any process reach its receive, in order
+        response = on(client, processes[i % 2]).post(f"up{i}")
+        assert response.status_code == 200, response.text
+    echoes: list[str] = []
+    while len(echoes) < 20:
+        echoes += on(client, processes[len(echoes) % 2]).poll()
+    assert echoes == [f"up{i}" for i in range(20)]
+
+    assert on(client, two).close().status_code == 200  # a goodbye to the other process
+    witness.send(json.dumps({"cmd": "broadcast", "to": "everyone", "msg": "after"}))
+    assert witness.recv() == "after"
+    stats = [process.stats() for process in processes]
+    assert sum(s["disconnects"].get("client_closed", 0) for s in stats) == 1
+    assert stats[0]["clients"]["total"] == 1  # the witness alone
+    assert stats[0]["connects"] == 2 and stats[1].get("connects", 0) == 0
+
+
+def test_a_request_that_may_not_act_for_the_client_is_not_forwarded(redis_server,
+                                                                   app_processes):
+    """Without the resume key the client is bound to, a request that names
+    its tracking id on another process gets a client of its own."""
+    one, two = (app_processes(redis_server.url, **QUICK) for _ in range(2))
+    wait_up(one, two)
+    victim = PollClient(one.base, "/chat")
+    assert json.loads(victim.poll()[0])["hello"] == victim.uuid
+    thief = PollClient(two.base, "/chat")
+    thief.uuid = victim.uuid  # its tracking id, seen in a log; not its cookie
+    hello = json.loads(thief.poll()[0])
+    assert hello["hello"] != victim.uuid
+    one.push("/chat", "for everyone")
+    assert victim.poll() == ["for everyone"]
+
+
+def test_upstream_messages_of_a_stream_on_any_process(redis_server, app_processes):
+    one, two = (app_processes(redis_server.url, **QUICK) for _ in range(2))
+    wait_up(one, two)
+    for transport in ("sse", "streaming"):
+        stream = StreamClient(one.base, "/chat", transport=transport)
+        assert json.loads(stream.next())["hello"] == stream.uuid
+        for i in range(10):
+            stream.url = (one, two)[i % 2].base + "/chat"
+            assert stream.post(f"up{i}").status_code == 200
+        assert stream.take(10) == [f"up{i}" for i in range(10)]
+        stream.close()
