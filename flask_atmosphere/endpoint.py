@@ -404,7 +404,7 @@ def _forward_poll(atmosphere: "Atmosphere", settings: "Settings", holder: "Holde
     assert atmosphere.remote is not None
     callback = request.args.get("jsonpTransport", "atmosphere") if transport == "jsonp" \
         else None
-    respond = atmosphere.remote.poll(holder, params.tracking_id, settings,
+    respond = atmosphere.remote.poll(holder, params.tracking_id, settings, request.environ,
                                      request.args.to_dict(), protocol_headers(request.environ),
                                      callback)
     return DeferredResponse(respond, content_type=longpolling.content_type(callback),

@@ -23,7 +23,9 @@ from gevent.queue import Empty, Queue
 
 from .backplane.forwarding import Forwarding, Holder, binding_hash
 from .protocol import parse_params
+from .connection import Carrier
 from .transports.longpolling import Poll
+from .transports.sockets import watch_eof
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
@@ -54,6 +56,8 @@ class Remote:
         self.atmosphere = atmosphere
         self.forwarding = forwarding
         self._pending: dict[str, Queue[dict[str, Any]]] = {}
+        #: The polls served here for other processes, by request id.
+        self._serving: dict[str, tuple[Any, Carrier]] = {}
 
     def start(self) -> None:
         """Start the forwarding threads; requests and replies are handled on the hub."""
@@ -117,18 +121,26 @@ class Remote:
         finally:
             self.close(rid)
 
-    def poll(self, holder: Holder, uuid: str, settings: "Settings", args: dict[str, str],
-             headers: dict[str, str], callback: str | None
+    def poll(self, holder: Holder, uuid: str, settings: "Settings", environ: dict[str, Any],
+             args: dict[str, str], headers: dict[str, str], callback: str | None
              ) -> Callable[[Callable[..., Any], str, list[tuple[str, str]]], Iterable[bytes]]:
         """A ``DeferredResponse`` callable that answers a poll with what the
-        holder answers (status, its ``Date``/``Content-Length``, body parts)."""
+        holder answers (status, its ``Date``/``Content-Length``, body parts).
+        If the poll's peer leaves first (``environ``'s socket), the holder is
+        told, and its poll takes nothing from the mailbox."""
         rid, replies = self.ask(holder, "poll", uuid, args=args, headers=headers,
                                 callback=callback)
         wait = settings.heartbeat_interval + 2 * self.forwarding.timeout \
             + self.forwarding.refresh_interval + 1
 
+        def left() -> None:
+            self.forwarding.send(holder.node, {"kind": "cancel", "rid": rid,
+                                               "from": self.forwarding.node, "uuid": uuid})
+            replies.put({GONE: True})
+
         def respond(start_response: Callable[..., Any], status: str,
                     own: list[tuple[str, str]]) -> Iterable[bytes]:
+            stop_watching = watch_eof(environ, left)
             try:
                 write = None
                 while True:
@@ -152,6 +164,7 @@ class Remote:
                     if part.get("end"):
                         return []
             finally:
+                stop_watching()
                 self.close(rid)
         return respond
 
@@ -174,6 +187,11 @@ class Remote:
         def reply(**part: Any) -> None:
             self.forwarding.send(requester, {"rid": rid, **part}, reply=True)
 
+        if kind == "cancel":  # the poll's peer left the other process
+            served = self._serving.get(rid)
+            if served is not None:
+                served[0].lost(served[1])
+            return
         connection = self.atmosphere.registry.get(str(message.get("uuid")))
         if connection is None or connection.finished:
             reply(**{GONE: True})
@@ -213,7 +231,12 @@ class Remote:
                 head.clear()
             reply(**part)
 
-        Poll(connection, {}, message.get("callback")).respond(start_response, "200 OK", [])
+        poll = Poll(connection, {}, message.get("callback"))
+        self._serving[message["rid"]] = (connection, poll.carrier)
+        try:
+            poll.respond(start_response, "200 OK", [])
+        finally:
+            self._serving.pop(message["rid"], None)
         if head:  # answered with nothing at all
             reply(status=head[0], headers=head[1], data="", end=True)
         else:
