@@ -4,8 +4,10 @@ real Redis); the one that holds the client serves it."""
 from __future__ import annotations
 
 import json
+import time
 
 from app_processes import app_processes  # noqa: F401 (a fixture)
+from conftest import TIMEOUT
 from http_clients import PollClient, StreamClient
 from redis_servers import redis_server  # noqa: F401 (a fixture)
 from test_backplane import wait_up, ws
@@ -80,3 +82,20 @@ def test_upstream_messages_of_a_stream_on_any_process(redis_server, app_processe
             assert stream.post(f"up{i}").status_code == 200
         assert stream.take(10) == [f"up{i}" for i in range(10)]
         stream.close()
+
+
+def test_a_client_that_never_comes_back_leaves_nothing_in_redis(redis_server, app_processes):
+    one = app_processes(redis_server.url, ATMOSPHERE_GRACE_PERIOD=0.5, **QUICK)
+    wait_up(one)
+    r = redis_server.client()
+    client = PollClient(one.base, "/chat")
+    key = f"atmosphere:client:{client.uuid}".encode()
+    deadline = time.monotonic() + TIMEOUT
+    while not r.exists(key):  # written by the process's own thread, soon
+        assert time.monotonic() < deadline, "the client's holder was never written"
+        time.sleep(0.01)
+    assert 0 < r.pttl(key) <= 2000  # the grace period and three refreshes at most
+    while r.exists(key):  # gone with the client (Redis announces nothing: polled)
+        assert time.monotonic() < deadline, "the client's entry outlived it"
+        time.sleep(0.05)
+    assert one.stats()["disconnects"] == {"timeout": 1}
