@@ -230,8 +230,7 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
     if isinstance(decision, Refusal):
         return _refuse(decision, upgraded)
     holder = _held_elsewhere(atmosphere, chosen) if existing is None else None
-    if holder is not None and (transport not in ("long-polling", "jsonp")
-                               or not _may_act(settings, holder)):
+    if holder is not None and (transport not in FORWARDED or not _may_act(settings, holder)):
         # Held by a live process that this request may not act for, or on
         # a transport it is not served across processes on: a client of
         # its own, as a held client's tracking id gets here.
@@ -241,7 +240,7 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
         atmosphere.counters.add("refused")
         return _refuse(refused, upgraded)
     if holder is not None:
-        return _forward_poll(atmosphere, settings, holder, params, transport)
+        return _forward_open(atmosphere, settings, holder, params, transport)
     offset = params.offset
     if transport == "sse" and offset is None:
         last_event_id = request.headers.get("Last-Event-ID", "")
@@ -383,6 +382,10 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
 
 # -- clients held by another process (remote.py) ----------------------------------
 
+#: The transports a request may open on a process that does not hold its client.
+FORWARDED = ("long-polling", "jsonp", "sse", "streaming")
+
+
 def _held_elsewhere(atmosphere: "Atmosphere", chosen: Plan) -> "Holder | None":
     """The other process that holds the client the request names, if the
     Redis backplane says a live one does."""
@@ -398,17 +401,21 @@ def _may_act(settings: "Settings", holder: "Holder") -> bool:
     return Remote.may_act(holder, path_key(request.path), resume_key(settings))
 
 
-def _forward_poll(atmosphere: "Atmosphere", settings: "Settings", holder: "Holder",
+def _forward_open(atmosphere: "Atmosphere", settings: "Settings", holder: "Holder",
                   params: AtmosphereParams, transport: str) -> Response:
-    """A poll answered by the process that holds its client."""
+    """A poll, or a stream, served by the process that holds its client."""
     assert atmosphere.remote is not None
     callback = request.args.get("jsonpTransport", "atmosphere") if transport == "jsonp" \
         else None
-    respond = atmosphere.remote.poll(holder, params.tracking_id, settings, request.environ,
-                                     request.args.to_dict(), protocol_headers(request.environ),
-                                     callback)
-    return DeferredResponse(respond, content_type=longpolling.content_type(callback),
-                            headers=NO_CACHE)
+    kind = "poll" if transport in ("long-polling", "jsonp") else "stream"
+    respond = atmosphere.remote.relay(
+        kind, holder, params.tracking_id, settings, request.environ,
+        args=request.args.to_dict(), headers=protocol_headers(request.environ),
+        callback=callback, transport=transport,
+        last_event_id=request.headers.get("Last-Event-ID"))
+    content_type = longpolling.content_type(callback) if kind == "poll" \
+        else "text/event-stream" if transport == "sse" else "text/plain"
+    return DeferredResponse(respond, content_type=content_type, headers=NO_CACHE)
 
 
 def _forward_message(atmosphere: "Atmosphere", settings: "Settings", holder: "Holder",

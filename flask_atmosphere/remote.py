@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import gevent
@@ -23,9 +24,10 @@ from gevent.queue import Empty, Queue
 
 from .backplane.forwarding import Forwarding, Holder, binding_hash
 from .protocol import parse_params
-from .connection import Carrier
+from .connection import Carrier, Connection
+from .transports import sse, streaming
 from .transports.longpolling import Poll
-from .transports.sockets import watch_eof
+from .transports.sockets import timed_writer, watch_eof
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
@@ -121,15 +123,16 @@ class Remote:
         finally:
             self.close(rid)
 
-    def poll(self, holder: Holder, uuid: str, settings: "Settings", environ: dict[str, Any],
-             args: dict[str, str], headers: dict[str, str], callback: str | None
-             ) -> Callable[[Callable[..., Any], str, list[tuple[str, str]]], Iterable[bytes]]:
-        """A ``DeferredResponse`` callable that answers a poll with what the
-        holder answers (status, its ``Date``/``Content-Length``, body parts).
-        If the poll's peer leaves first (``environ``'s socket), the holder is
-        told, and its poll takes nothing from the mailbox."""
-        rid, replies = self.ask(holder, "poll", uuid, args=args, headers=headers,
-                                callback=callback)
+    def relay(self, kind: str, holder: Holder, uuid: str, settings: "Settings",
+              environ: dict[str, Any], **payload: Any
+              ) -> Callable[[Callable[..., Any], str, list[tuple[str, str]]], Iterable[bytes]]:
+        """A ``DeferredResponse`` callable that answers a request the holder
+        serves (``kind``: ``poll`` or ``stream``) with what the holder
+        writes: its status, the headers this process's answer lacks, and
+        each part of the body as it comes. If the peer leaves first
+        (``environ``'s socket, or a failed write), the holder is told: its
+        poll takes nothing more from the mailbox, its stream ends."""
+        rid, replies = self.ask(holder, kind, uuid, **payload)
         wait = settings.heartbeat_interval + 2 * self.forwarding.timeout \
             + self.forwarding.refresh_interval + 1
 
@@ -147,8 +150,8 @@ class Remote:
                     try:
                         part = replies.get(timeout=wait)
                     except Empty:
-                        log.warning("the holder %s of client %s did not answer a poll in %.0fs",
-                                    holder.node, uuid, wait)
+                        log.warning("the holder %s of client %s did not answer a %s in %.0fs",
+                                    holder.node, uuid, kind, wait)
                         if write is None:
                             start_response("504 Gateway Timeout", own)
                         return []
@@ -157,10 +160,18 @@ class Remote:
                             start_response("410 Gone", own)
                         return []
                     if write is None:
-                        write = start_response(part["status"],
-                                               own + [tuple(h) for h in part["headers"]])
+                        names = {name.lower() for name, _ in own}
+                        write = timed_writer(environ, start_response(
+                            part["status"], own + [(str(name), str(value))
+                                                   for name, value in part["headers"]
+                                                   if str(name).lower() not in names]),
+                            settings.write_timeout)
                     if "data" in part:  # "" too: the headers go out now
-                        write(part["data"].encode("latin-1"))
+                        try:
+                            write(part["data"].encode("latin-1"))
+                        except OSError:  # the peer is gone, or stopped reading
+                            left()
+                            return []
                     if part.get("end"):
                         return []
             finally:
@@ -203,20 +214,27 @@ class Remote:
             elif kind == "goodbye":
                 connection.finish()
                 reply(status=200)
-            elif kind == "poll":
-                self._serve_poll(connection, message, reply)
+            elif kind in ("poll", "stream"):
+                self._serve_open(kind, connection, message, reply)
             else:
                 log.warning("a forwarded request of unknown kind %.40r was skipped", kind)
         except Exception:  # noqa: BLE001 -- a bad request from another process hurts nobody
             log.exception("a forwarded %s for client %s failed", kind, connection.uuid)
             reply(**{GONE: True})
 
-    def _serve_poll(self, connection: Any, message: dict[str, Any],
+    def _serve_open(self, kind: str, connection: Connection, message: dict[str, Any],
                     reply: Callable[..., None]) -> None:
-        """The holder's half of a poll: the very ``Poll`` a poll of its own
-        gets, its status, headers and writes sent back as they happen."""
+        """The holder's half of a poll or a stream: the very answer a request
+        of its own gets (``Poll``, or the stream of SSE or streaming), its
+        status, headers and writes sent back as they happen. A stream ends
+        when its peer leaves, or when the process that carries it dies."""
         params = parse_params(message["args"], message["headers"])
-        connection.resume(params, params.offset)
+        transport = str(message.get("transport"))
+        offset = params.offset
+        last_event_id = str(message.get("last_event_id") or "")
+        if transport == "sse" and offset is None and last_event_id.isdigit():
+            offset = int(last_event_id)
+        connection.resume(params, offset)
         head: list[Any] = []
 
         def start_response(status: str, headers: list[tuple[str, str]],
@@ -231,13 +249,41 @@ class Remote:
                 head.clear()
             reply(**part)
 
-        poll = Poll(connection, {}, message.get("callback"))
-        self._serving[message["rid"]] = (connection, poll.carrier)
+        rid, requester = str(message["rid"]), str(message["from"])
+        if kind == "poll":
+            poll = Poll(connection, {}, message.get("callback"))
+            answer: Callable[[], Any] = partial(poll.respond, start_response, "200 OK", [])
+            carrier = poll.carrier
+        else:
+            response = (sse if transport == "sse" else streaming).serve(connection, False, {})
+            attached = connection.carrier
+            assert attached is not None  # serve() attached it
+            carrier = attached
+            answer = partial(response, {"REQUEST_METHOD": "GET"}, start_response)
+        self._serving[rid] = (connection, carrier)
+        watch = gevent.spawn(self._watch_requester, requester, connection, carrier) \
+            if kind == "stream" else None
         try:
-            poll.respond(start_response, "200 OK", [])
+            answer()
         finally:
-            self._serving.pop(message["rid"], None)
+            self._serving.pop(rid, None)
+            if watch is not None:
+                watch.kill()
         if head:  # answered with nothing at all
             reply(status=head[0], headers=head[1], data="", end=True)
         else:
             reply(end=True)
+
+    def _watch_requester(self, node: str, connection: Connection, carrier: Carrier) -> None:
+        """End a stream carried by ``node`` once ``node`` is dead."""
+        pool = gevent.get_hub().threadpool
+        while True:
+            gevent.sleep(self.forwarding.refresh_interval)
+            try:
+                alive = pool.apply(self.forwarding.alive, (node,))
+            except Exception:  # noqa: BLE001 -- Redis away: nobody can tell; carry on
+                continue
+            if not alive:
+                log.info("the process carrying client %s's stream is gone", connection.uuid)
+                connection.lost(carrier)
+                return

@@ -99,3 +99,29 @@ def test_a_client_that_never_comes_back_leaves_nothing_in_redis(redis_server, ap
         assert time.monotonic() < deadline, "the client's entry outlived it"
         time.sleep(0.05)
     assert one.stats()["disconnects"] == {"timeout": 1}
+
+
+def test_a_stream_reconnected_to_another_process_resumes(redis_server, app_processes):
+    """An SSE stream that comes back to another process with
+    ``Last-Event-ID``, and a streaming one with its tracking id, get what
+    was sent meanwhile, in order, once; the client carries on (no second
+    ``Connected``), and a stream served across processes delivers at once."""
+    one, two = (app_processes(redis_server.url, **QUICK) for _ in range(2))
+    wait_up(one, two)
+    for transport in ("sse", "streaming"):
+        first = StreamClient(one.base, "/chat", transport=transport)
+        assert json.loads(first.next())["hello"] == first.uuid
+        one.push("/chat", "before")
+        assert first.next() == "before"
+        headers = {"Last-Event-ID": first.event_ids[-1]} if transport == "sse" else {}
+        first.close()
+        for i in range(5):  # while it is away
+            (one, two)[i % 2].push("/chat", f"away{i}")
+        second = StreamClient(two.base, "/chat", transport=transport, tracking_id=first.uuid,
+                              headers=headers, http=first.http)
+        assert second.next().startswith(first.uuid + "|")  # the 5.x handshake, again (§2.3)
+        assert second.take(5) == [f"away{i}" for i in range(5)]
+        two.push("/chat", "live")
+        assert second.next() == "live"
+        second.close()
+    assert one.stats()["connects"] == 2 and two.stats().get("connects", 0) == 0

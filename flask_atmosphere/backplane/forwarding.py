@@ -191,6 +191,17 @@ class Forwarding:
         alive = node == self.node or bool(self._lookup.exists(self.node_key(node)))
         return Holder(str(node), str(path), binding, alive)
 
+    def alive(self, node: str) -> bool:
+        """Whether ``node``'s liveness key is there: a blocking Redis read,
+        never to be called on the hub.
+
+        Raises:
+            redis.RedisError: Redis could not be reached.
+        """
+        if self._lookup is None:
+            self._lookup = self._client()
+        return bool(self._lookup.exists(self.node_key(node)))
+
     # -- threads -------------------------------------------------------------------
 
     def _client(self) -> Any:
