@@ -240,6 +240,8 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
         atmosphere.counters.add("refused")
         return _refuse(refused, upgraded)
     if holder is not None:
+        if transport == "websocket":
+            return _relay_websocket(atmosphere, settings, holder, params, upgraded)
         return _forward_open(atmosphere, settings, holder, params, transport)
     offset = params.offset
     if transport == "sse" and offset is None:
@@ -383,7 +385,7 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
 # -- clients held by another process (remote.py) ----------------------------------
 
 #: The transports a request may open on a process that does not hold its client.
-FORWARDED = ("long-polling", "jsonp", "sse", "streaming")
+FORWARDED = ("long-polling", "jsonp", "sse", "streaming", "websocket")
 
 
 def _held_elsewhere(atmosphere: "Atmosphere", chosen: Plan) -> "Holder | None":
@@ -416,6 +418,26 @@ def _forward_open(atmosphere: "Atmosphere", settings: "Settings", holder: "Holde
     content_type = longpolling.content_type(callback) if kind == "poll" \
         else "text/event-stream" if transport == "sse" else "text/plain"
     return DeferredResponse(respond, content_type=content_type, headers=NO_CACHE)
+
+
+def _relay_websocket(atmosphere: "Atmosphere", settings: "Settings", holder: "Holder",
+                     params: AtmosphereParams, upgraded: Any) -> Response:
+    """A WebSocket carried here for a client held by another process."""
+    remote = atmosphere.remote
+    assert remote is not None
+    uuid, args, headers = params.tracking_id, request.args.to_dict(), \
+        protocol_headers(request.environ)
+    if upgraded is not None:  # gevent-websocket upgraded it: carried here, to the end
+        upgraded.closed = True
+        remote.relay_websocket(holder, uuid, settings, upgraded.handler.socket,
+                               websocket.read_buffered(upgraded.handler.rfile), args, headers)
+        return Response()
+    try:
+        sock, buffered = request.environ[UPGRADE_KEY]([])
+    except OSError:
+        return UpgradedResponse()  # gone before the upgrade went out
+    gevent.spawn(remote.relay_websocket, holder, uuid, settings, sock, buffered, args, headers)
+    return UpgradedResponse()
 
 
 def _forward_message(atmosphere: "Atmosphere", settings: "Settings", holder: "Holder",

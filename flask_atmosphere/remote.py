@@ -20,14 +20,20 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import gevent
+from gevent.lock import Semaphore
 from gevent.queue import Empty, Queue
 
 from .backplane.forwarding import Forwarding, Holder, binding_hash
 from .protocol import parse_params
 from .connection import Carrier, Connection
+from .protocol import handshake_due, heartbeat_text
 from .transports import sse, streaming
 from .transports.longpolling import Poll
 from .transports.sockets import timed_writer, watch_eof
+from .transports.streaming import pump
+from .transports.websocket import READ_SIZE
+from .transports.wsframes import (Close, FrameRefused, InboundFrames, Ping, close_frame,
+                                  echo_close_code, encode_frame, pong_frame, sendable_close_code)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
@@ -198,7 +204,7 @@ class Remote:
         def reply(**part: Any) -> None:
             self.forwarding.send(requester, {"rid": rid, **part}, reply=True)
 
-        if kind == "cancel":  # the poll's peer left the other process
+        if kind == "cancel":  # the peer of a poll or stream left the other process
             served = self._serving.get(rid)
             if served is not None:
                 served[0].lost(served[1])
@@ -254,6 +260,9 @@ class Remote:
             poll = Poll(connection, {}, message.get("callback"))
             answer: Callable[[], Any] = partial(poll.respond, start_response, "200 OK", [])
             carrier = poll.carrier
+        elif transport == "websocket":
+            carrier = Carrier(transport="websocket")
+            answer = partial(self._pump_websocket, connection, carrier, start_response)
         else:
             response = (sse if transport == "sse" else streaming).serve(connection, False, {})
             attached = connection.carrier
@@ -269,10 +278,101 @@ class Remote:
             self._serving.pop(rid, None)
             if watch is not None:
                 watch.kill()
+        close = connection.mailbox.close_request  # the server closed the client: say how
+        closing = {"close": [close.code, close.reason]} if close is not None else {}
         if head:  # answered with nothing at all
-            reply(status=head[0], headers=head[1], data="", end=True)
+            reply(status=head[0], headers=head[1], data="", end=True, **closing)
         else:
-            reply(end=True)
+            reply(end=True, **closing)
+
+    @staticmethod
+    def _pump_websocket(connection: Connection, carrier: Carrier,
+                        start_response: Callable[..., Callable[[bytes], None]]) -> None:
+        """The holder's half of a WebSocket carried by another process: the
+        handshake if due, then each message (a write: one text frame there)
+        and heartbeats, as ``WebSocketPeer`` would write them."""
+        write = start_response("101 Switching Protocols", [])
+        if handshake_due(connection.params):
+            write(connection.handshake().encode("utf-8"))
+        connection.attach(carrier)
+        track = connection.track
+        try:
+            pump(connection, carrier, write, lambda seq, outbound: outbound.encoded(track),
+                 heartbeat_text(connection.params).encode("utf-8"),
+                 connection.heartbeat_interval())
+        finally:
+            connection.detach(carrier)
+
+    def relay_websocket(self, holder: Holder, uuid: str, settings: "Settings", sock: Any,
+                        buffered: bytes, args: dict[str, str], headers: dict[str, str]) -> None:
+        """Carry a WebSocket whose client ``holder`` holds, on the upgraded
+        ``sock``: what the holder writes goes out as text frames, each
+        inbound message goes to the holder's ``receive`` (in order: one at a
+        time), pings are answered here, a close frame is the client's
+        goodbye. Returns when the socket is done (and closed)."""
+        rid, replies = self.ask(holder, "stream", uuid, transport="websocket", args=args,
+                                headers=headers)
+        lock = Semaphore()
+        wait = settings.heartbeat_interval + 2 * self.forwarding.timeout \
+            + self.forwarding.refresh_interval + 1
+
+        def send(frame: bytes) -> None:
+            with lock:
+                sock.sendall(frame)
+
+        def downstream() -> None:
+            while True:
+                try:
+                    part = replies.get(timeout=wait)
+                except Empty:
+                    part = {GONE: True}
+                try:
+                    if part.get(GONE):
+                        send(close_frame(1011, "the client's holder did not answer"))
+                        break
+                    if part.get("data"):
+                        send(encode_frame(part["data"].encode("latin-1")))
+                    if part.get("end"):
+                        code, reason = part.get("close") or (1000, "")
+                        send(close_frame(code if sendable_close_code(code) else 1000, reason))
+                        break
+                except OSError:
+                    break
+            shut(sock)
+
+        writer = gevent.spawn(downstream)
+        frames = InboundFrames(settings.max_message_size)
+        data, goodbye = buffered, False
+        try:
+            while not writer.dead:
+                if not data:
+                    data = sock.recv(READ_SIZE)
+                    if not data:
+                        break  # gone without a word: it may come back within the grace period
+                events, data = frames.receive(data), b""
+                for event in events:
+                    if isinstance(event, Ping):
+                        send(pong_frame(event.payload))
+                    elif isinstance(event, Close):
+                        goodbye = True
+                        send(close_frame(echo_close_code(event.code)))
+                        return
+                    else:
+                        self.call(holder, "message", uuid, settings.write_timeout
+                                  + 2 * self.forwarding.timeout, text=event.text)
+        except (OSError, FrameRefused, HolderSilent) as exc:
+            if isinstance(exc, FrameRefused):
+                try:
+                    send(close_frame(exc.code, exc.reason))
+                except OSError:
+                    pass
+        finally:
+            self.forwarding.send(holder.node, {"kind": "goodbye" if goodbye else "cancel",
+                                               "rid": rid, "from": self.forwarding.node,
+                                               "uuid": uuid})
+            writer.kill(block=False)
+            self.close(rid)
+            shut(sock)
 
     def _watch_requester(self, node: str, connection: Connection, carrier: Carrier) -> None:
         """End a stream carried by ``node`` once ``node`` is dead."""
@@ -287,3 +387,12 @@ class Remote:
                 log.info("the process carrying client %s's stream is gone", connection.uuid)
                 connection.lost(carrier)
                 return
+
+
+def shut(sock: Any) -> None:
+    """Shut down and close ``sock``, whatever state it is in."""
+    try:
+        sock.shutdown(2)  # SHUT_RDWR: a FIN, and the reader wakes
+    except OSError:
+        pass
+    sock.close()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import time
+from urllib.parse import urlencode
 
 from app_processes import app_processes  # noqa: F401 (a fixture)
-from conftest import TIMEOUT
+from conftest import ATMOSPHERE_PARAMS, TIMEOUT, WSClient
 from http_clients import PollClient, StreamClient
 from redis_servers import redis_server  # noqa: F401 (a fixture)
 from test_backplane import wait_up, ws
@@ -125,3 +126,29 @@ def test_a_stream_reconnected_to_another_process_resumes(redis_server, app_proce
         assert second.next() == "live"
         second.close()
     assert one.stats()["connects"] == 2 and two.stats().get("connects", 0) == 0
+
+
+def test_a_websocket_reconnected_to_another_process_carries_on(redis_server, app_processes):
+    one, two = (app_processes(redis_server.url, **QUICK) for _ in range(2))
+    wait_up(one, two)
+    first = ws(one)  # its hello read
+    uuid, cookie = first.uuid, first.cookie
+    one.push("/chat", "before")
+    assert first.recv() == "before"
+    first.reset()  # a dropped connection: it comes back within the grace period
+    for i in range(5):
+        (one, two)[i % 2].push("/chat", f"away{i}")
+    query = urlencode(ATMOSPHERE_PARAMS | {"X-Atmosphere-tracking-id": uuid})
+    second = WSClient(two.url("/chat") + "?" + query, track=True, cookie=cookie)
+    assert second.recv().startswith(uuid + "|")  # the 5.x handshake again (§2.3)
+    assert [second.recv() for _ in range(5)] == [f"away{i}" for i in range(5)]
+    second.send("echo me")  # through to its receive, on `one`
+    assert second.recv() == "echo me"
+    second.send(json.dumps({"cmd": "broadcast", "to": "everyone", "msg": "from afar"}))
+    assert second.recv() == "from afar"
+    assert one.stats()["connects"] == 1 and two.stats().get("connects", 0) == 0
+    second.close()  # a close frame: its goodbye, said on `one`
+    deadline = time.monotonic() + TIMEOUT
+    while one.stats()["disconnects"].get("client_closed", 0) < 1:
+        assert time.monotonic() < deadline, "its goodbye did not reach its holder"
+        time.sleep(0.05)
