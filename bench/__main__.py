@@ -6,6 +6,7 @@ gevent-websocket relay. See bench/README.md.
     python -m bench standard            # the comparison in bench/README.md
     python -m bench standard --quick    # a small smoke run of the same
     python -m bench storm --servers raw,atmosphere --clients 3000,10000   # connect cost
+    python -m bench backplane           # the Redis backplane against the memory one
 
 A server may be named ``SERVER@REV`` (``atmosphere@8440b72``): that one
 imports flask_atmosphere as of git revision REV, so that two revisions run
@@ -397,7 +398,8 @@ def storm_table(runs: dict[str, list[dict]], reference: str = "raw") -> str:
     its rounds (``runs[server]``, interleaved with the other servers'), and
     ratios to ``reference`` taken round by round (the median of the ratios)."""
     ref = runs.get(reference)
-    head = ["server", "connects/s: handshakes (ready)", "CPU µs/connect",
+    head = ["server", "connects/s: handshakes (ready)", "wall s: handshakes (ready)",
+            "CPU µs/connect",
             f"×{reference}", "rounds: CPU µs/connect", "handshake phase µs/connect",
             f"×{reference}", "after ready µs/conn", "probe µs/frame",
             "srv CPU", "loadgen CPU", "handshake p50/p99 ms", "RSS/conn B"]
@@ -416,6 +418,8 @@ def storm_table(runs: dict[str, list[dict]], reference: str = "raw") -> str:
             server,
             f'{_fmt(_median([x["per_s"] for x in c]), 0)} '
             f'({_fmt(_median([x["ready_per_s"] for x in c]), 0)})',
+            f'{_fmt(_median([x["wall_s"] for x in c]), 2)} '
+            f'({_fmt(_median([x["ready_s"] for x in c]), 2)})',
             _fmt(_median([x["server_cpu_us_per_connection"] for x in c]), 1),
             ratio(rs, "server_cpu_us_per_connection"),
             ", ".join(_fmt(x["server_cpu_us_per_connection"], 0) for x in c),
@@ -576,6 +580,9 @@ def main(argv=None) -> None:
     storm.add_argument("--quiet", "-q", action="store_true")
     _machine_args(storm)
     storm.set_defaults(func=cmd_storm)
+
+    from .backplane import add_parser as add_backplane
+    add_backplane(sub)
 
     standard = sub.add_parser("standard", help="the standard comparison of bench/README.md")
     standard.add_argument("--quick", action="store_true", help="a small smoke run of the same")

@@ -119,10 +119,11 @@ def snapshot(rev: str) -> tuple[Path, str]:
 class Server:
     """A bench server, ``bench/servers/<name>.py PORT``, as a child process
     pinned to ``core``; its output goes to ``log_path``. With ``package``
-    (a folder from :func:`snapshot`), it imports flask_atmosphere from there."""
+    (a folder from :func:`snapshot`), it imports flask_atmosphere from there;
+    ``env`` adds to its environment."""
 
     def __init__(self, name: str, core: int | None, log_path: Path,
-                 package: Path | None = None):
+                 package: Path | None = None, env: dict[str, str] | None = None):
         if name not in SERVERS and not (SERVERS_DIR / f"{name}.py").exists():
             raise ValueError(f"unknown server {name!r}; one of {', '.join(SERVERS)}")
         self.name = name
@@ -130,7 +131,7 @@ class Server:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         if package is not None:
             env["PYTHONPATH"] = os.pathsep.join(
                 [str(package)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -228,33 +229,20 @@ def run_once(server: str, *, transport: str = "ws", clients: int = 100, messages
     connect phase instead of the run phase.
 
     With ``wait_quiet`` > 0, first wait up to that many seconds for the
-    machine to be quiet (other processes below 10 % of the cores for 2 s).
+    machine to be quiet (see :func:`wait_for_quiet`).
     With ``rev``, the server imports flask_atmosphere as of that git revision
     (see :func:`snapshot`) instead of the working tree."""
     server_core, loadgen_core = _cores()
-    background = background_busy()
-    if wait_quiet > 0 and background > 0.10:
-        deadline = time.monotonic() + wait_quiet
-        if verbose:
-            print(f"  waiting up to {wait_quiet:.0f}s for a quiet machine "
-                  f"(now {100 * background:.0f}% busy)", file=sys.stderr, flush=True)
-        while time.monotonic() < deadline:
-            background = background_busy(2.0)
-            if background <= 0.10:
-                break
-    log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "bench-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    background = wait_for_quiet(wait_quiet, verbose)
+    log_dir = log_dir or default_log_dir()
     package, commit = snapshot(rev) if rev else (None, None)
     srv = Server(server, server_core, log_dir / f"{server}.log", package)
     profiler = None
     try:
-        command = [sys.executable, "-m", "bench.loadgen", "--port", str(srv.port),
-                   "--server-pid", str(srv.pid), "--protocol", protocol_of(server),
-                   "--transport", transport, "--clients", str(clients),
-                   "--messages", str(messages), "--rate", str(rate), "--window", str(window),
-                   "--size", str(size), "--idle-timeout", str(idle_timeout),
-                   "--max-seconds", str(max_seconds),
-                   "--connect-concurrency", str(connect_concurrency)]
+        command = loadgen_command(
+            srv.port, [srv.pid], protocol_of(server), transport=transport, clients=clients,
+            messages=messages, rate=rate, window=window, size=size, idle_timeout=idle_timeout,
+            max_seconds=max_seconds, connect_concurrency=connect_concurrency)
         if storm:
             if transport != "ws":
                 raise ValueError("a connect storm is WebSocket only")
@@ -263,46 +251,8 @@ def run_once(server: str, *, transport: str = "ws", clients: int = 100, messages
             profile.parent.mkdir(parents=True, exist_ok=True)
             profiler = Profiler(srv.pid, profile, loadgen_core, native=profile_native,
                                 perf=profile_perf)
-        out_path = log_dir / f"{server}.loadgen.out"
-        out_file = open(out_path, "w+")
-        proc = subprocess.Popen(command, stdout=out_file, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, preexec_fn=_pinned(loadgen_core),
-                                cwd=str(ROOT), text=True)
-        errors: list[str] = []
-
-        def watch_stderr():
-            # the only reader of the load generator's stderr: its phases
-            for line in proc.stderr:
-                line = line.rstrip("\n")
-                errors.append(line)
-                if verbose:
-                    print(f"  [{server}] {line}", file=sys.stderr, flush=True)
-                if profiler is not None:
-                    # the run phase; with --storm, the connect phase (profile-start .. -stop)
-                    if line.startswith(("phase: run", "phase: profile-start")):
-                        profiler.start()
-                    elif line.startswith(("phase: done", "phase: profile-stop")):
-                        profiler.stop()
-
-        watcher = threading.Thread(target=watch_stderr, daemon=True)
-        watcher.start()
         limit = 120 + max_seconds + idle_timeout + clients / 20
-        try:
-            proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"the load generator did not finish within {limit:.0f}s")
-        finally:
-            watcher.join(10)
-        out_file.seek(0)
-        stdout = out_file.read()
-        out_file.close()
-        lines = [line for line in stdout.splitlines() if line.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            tail = "\n".join(errors[-15:])
-            raise RuntimeError(f"the load generator failed ({proc.returncode}):\n{tail}")
-        result = json.loads(lines[-1])
+        result = drive(command, server, loadgen_core, log_dir, limit, profiler, verbose)
         result["server"] = server
         result["storm"] = storm
         result["server_core"], result["loadgen_core"] = server_core, loadgen_core
@@ -314,6 +264,99 @@ def run_once(server: str, *, transport: str = "ws", clients: int = 100, messages
         if profiler is not None:
             profiler.stop()
         srv.stop()
+
+
+def default_log_dir() -> Path:
+    """Where servers and load generators write their output
+    (``$TMPDIR/bench-logs``)."""
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / "bench-logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def wait_for_quiet(wait_quiet: float, verbose: bool = True) -> float:
+    """With ``wait_quiet`` > 0, wait up to that many seconds for the machine
+    to be quiet (other processes below 10 % of the cores for 2 s); returns
+    how busy it was last (see :func:`background_busy`)."""
+    background = background_busy()
+    if wait_quiet > 0 and background > 0.10:
+        deadline = time.monotonic() + wait_quiet
+        if verbose:
+            print(f"  waiting up to {wait_quiet:.0f}s for a quiet machine "
+                  f"(now {100 * background:.0f}% busy)", file=sys.stderr, flush=True)
+        while time.monotonic() < deadline:
+            background = background_busy(2.0)
+            if background <= 0.10:
+                break
+    return background
+
+
+def loadgen_command(port: int, pids: list[int], protocol: str, *, transport: str = "ws",
+                    clients: int = 100, messages: int = 200, rate: float = 0, window: int = 0,
+                    size: int = 150, idle_timeout: float = 5.0, max_seconds: float = 300.0,
+                    connect_concurrency: int = 100, receiver_ports: list[int] | None = None,
+                    aux_pids: list[int] | None = None) -> list[str]:
+    """The load generator's command line: the sender on ``port``, the
+    receivers on ``receiver_ports`` in turn (default: ``port`` too), the
+    server's CPU time summed over ``pids``, and that of ``aux_pids`` (what
+    the server needs besides itself, such as redis-server) apart."""
+    command = [sys.executable, "-m", "bench.loadgen", "--port", str(port),
+               "--server-pid", ",".join(map(str, pids)), "--protocol", protocol,
+               "--transport", transport, "--clients", str(clients),
+               "--messages", str(messages), "--rate", str(rate), "--window", str(window),
+               "--size", str(size), "--idle-timeout", str(idle_timeout),
+               "--max-seconds", str(max_seconds),
+               "--connect-concurrency", str(connect_concurrency)]
+    if receiver_ports:
+        command += ["--receiver-ports", ",".join(map(str, receiver_ports))]
+    if aux_pids:
+        command += ["--aux-pid", ",".join(map(str, aux_pids))]
+    return command
+
+
+def drive(command: list[str], label: str, core: int | None, log_dir: Path, limit: float,
+          profiler: Profiler | None = None, verbose: bool = True) -> dict:
+    """Run the load generator (``command``, from :func:`loadgen_command`)
+    pinned to ``core`` for at most ``limit`` seconds, echo its phases as
+    ``[label]`` lines, start and stop ``profiler`` on them; its JSON."""
+    with open(log_dir / f"{label}.loadgen.out", "w+") as out_file:
+        proc = subprocess.Popen(command, stdout=out_file, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, preexec_fn=_pinned(core),
+                                cwd=str(ROOT), text=True)
+        errors: list[str] = []
+
+        def watch_stderr():
+            # the only reader of the load generator's stderr: its phases
+            for line in proc.stderr:
+                line = line.rstrip("\n")
+                errors.append(line)
+                if verbose:
+                    print(f"  [{label}] {line}", file=sys.stderr, flush=True)
+                if profiler is not None:
+                    # the run phase; with --storm, the connect phase (profile-start .. -stop)
+                    if line.startswith(("phase: run", "phase: profile-start")):
+                        profiler.start()
+                    elif line.startswith(("phase: done", "phase: profile-stop")):
+                        profiler.stop()
+
+        watcher = threading.Thread(target=watch_stderr, daemon=True)
+        watcher.start()
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(
+                f"the load generator did not finish within {limit:.0f}s") from None
+        finally:
+            watcher.join(10)
+        out_file.seek(0)
+        stdout = out_file.read()
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(errors[-15:])
+        raise RuntimeError(f"the load generator failed ({proc.returncode}):\n{tail}")
+    return json.loads(lines[-1])
 
 
 def background_busy(seconds: float = 0.5) -> float:

@@ -64,24 +64,38 @@ def log(*parts) -> None:
 # -- the server process, seen through /proc ------------------------------------
 
 class ServerProc:
-    """RSS and CPU time of the server process (all its threads)."""
+    """RSS and CPU time of the server process (all its threads); of several
+    processes together (``--server-pid A,B``: a server of two processes),
+    their sums."""
 
-    def __init__(self, pid: int):
-        self.pid = pid
+    def __init__(self, pid: int | list[int]):
+        self.pids = [pid] if isinstance(pid, int) else list(pid)
+        self.pid = self.pids[0]
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
+        return sum(self._rss_kib(pid) for pid in self.pids)
+
+    @staticmethod
+    def _rss_kib(pid: int) -> int:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
     def cpu_s(self) -> float:
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        # fields[0] is field 3 (state); utime and stime are fields 14 and 15
-        return (int(fields[11]) + int(fields[12])) / self.tick
+        return sum(self.cpu_each_s())
+
+    def cpu_each_s(self) -> list[float]:
+        """Each process's CPU time (user + system), in seconds."""
+        out = []
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+            out.append((int(fields[11]) + int(fields[12])) / self.tick)
+        return out
 
 
 def own_cpu_s() -> float:
@@ -389,13 +403,17 @@ async def main(args) -> dict:
         raise SystemExit(f"the file-descriptor limit {hard} is too low for {args.clients} clients")
 
     server = ServerProc(args.server_pid)
+    aux = ServerProc(args.aux_pid) if args.aux_pid else None
     WsClient = make_ws_listener_class()
     protocol = args.protocol
     host = f"127.0.0.1:{args.port}"
-    if protocol == "socketio":
-        ws_url = f"ws://{host}/socket.io/?EIO=4&transport=websocket"
-    else:
-        ws_url = f"ws://{host}/the-chat"
+    ws_url = _ws_url(host, protocol)
+    # the receivers' servers, in turn (``--receiver-ports``); the sender's is --port
+    receiver_hosts = [f"127.0.0.1:{port}" for port in args.receiver_ports] or [host]
+    turn = iter(range(10 ** 9))
+
+    def next_host() -> str:
+        return receiver_hosts[next(turn) % len(receiver_hosts)]
     n, m = args.clients, args.messages
     run = Run(n, m)
     out: dict = {"clients": n, "messages": m, "rate": args.rate, "window": args.window,
@@ -417,7 +435,8 @@ async def main(args) -> dict:
     if args.transport == "ws":
         async def connect_one():
             start = perf()
-            listener = await ws_client(ws_url, run, protocol, WsClient, args.connect_timeout)
+            listener = await ws_client(_ws_url(next_host(), protocol), run, protocol, WsClient,
+                                       args.connect_timeout)
             connect_times.append(perf() - start)
             return listener
         receivers, failures = await gather_bounded([connect_one] * n, args.connect_concurrency)
@@ -430,7 +449,7 @@ async def main(args) -> dict:
 
         async def open_one():
             start = perf()
-            poller = Poller(run, protocol, session, f"http://{host}")
+            poller = Poller(run, protocol, session, f"http://{next_host()}")
             await poller.open()
             connect_times.append(perf() - start)
             return poller
@@ -490,7 +509,8 @@ async def main(args) -> dict:
     lag_max = 0.0
 
     log(f"phase: run {m} messages, rate {rate or 'max'}, window {window or '-'}")
-    cores0, cpu0, own0 = core_times(), server.cpu_s(), own_cpu_s()
+    cores0, cpu0, own0 = core_times(), server.cpu_each_s(), own_cpu_s()
+    aux0 = aux.cpu_s() if aux else 0.0
     t0 = perf()
     end_by = t0 + args.max_seconds
     transport = sender.transport
@@ -531,10 +551,11 @@ async def main(args) -> dict:
         if perf() - max(run.last_delivery, t_sent) >= args.idle_timeout:
             break
     t_end = run.last_delivery if run.deliveries else perf()
-    cpu1, own1, cores1 = server.cpu_s(), own_cpu_s(), core_times()
+    cpu1, own1, cores1 = server.cpu_each_s(), own_cpu_s(), core_times()
+    aux1 = aux.cpu_s() if aux else 0.0
     log("phase: done")
     wall = max(t_end - t0, 1e-9)
-    server_cpu = cpu1 - cpu0
+    server_cpu = sum(cpu1) - sum(cpu0)
     expected = sent * n
     p50, p90, p99, p999 = run.percentiles(50, 90, 99, 99.9)
     out.update({
@@ -566,6 +587,12 @@ async def main(args) -> dict:
                                        / max(cores1[core][1] - cores0[core][1], 1e-9), 3)
                       for core in cores1 if core in cores0},
     })
+    if len(server.pids) > 1:
+        out["server_cpu_s_each"] = [round(b - a, 3) for a, b in zip(cpu0, cpu1, strict=True)]
+    if aux is not None:
+        out["aux_cpu_s"] = round(aux1 - aux0, 3)
+        out["aux_cpu_us_per_delivery"] = (round((aux1 - aux0) * 1e6 / run.deliveries, 3)
+                                          if run.deliveries else None)
     if pollers:
         out["polls"] = sum(p.polls for p in pollers)
     # tidy up, without waiting for the server
@@ -714,6 +741,16 @@ async def storm(args, out: dict, server: ServerProc, sender, run: Run, ws_url: s
     return out
 
 
+def _ws_url(host: str, protocol: str) -> str:
+    if protocol == "socketio":
+        return f"ws://{host}/socket.io/?EIO=4&transport=websocket"
+    return f"ws://{host}/the-chat"
+
+
+def _pids(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
 def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -723,7 +760,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--server-pid", type=_pids, required=True,
+                        help="the server's process id; PID,PID,...: a server of several "
+                             "processes (CPU time and RSS are their sums)")
+    parser.add_argument("--receiver-ports", type=_pids, default=[],
+                        help="PORT,PORT,...: connect the receivers to these in turn "
+                             "(the sender connects to --port); default: --port")
+    parser.add_argument("--aux-pid", type=_pids, default=[],
+                        help="PID,...: another process the server needs (redis-server): its "
+                             "CPU time during the run is reported apart (aux_cpu_*)")
     parser.add_argument("--protocol", choices=["plain", "socketio"], default="plain")
     parser.add_argument("--transport", choices=["ws", "poll"], default="ws",
                         help="how the receivers connect (the sender always uses a WebSocket)")

@@ -7,6 +7,7 @@ Not part of the test suite (its testpaths is ``tests/``); run it with
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_cli_quick_compare(tmp_path):
     assert all(r["lost"] == 0 for r in saved["results"])
 
 
-@pytest.mark.parametrize("server", ["raw", "atmosphere"])
+@pytest.mark.parametrize("server", ["raw", "atmosphere", "socketio"])
 def test_connect_storm(server, tmp_path):
     """``--storm``: every receiver connects and is registered, and the
     server's CPU time per connection is counted."""
@@ -108,6 +109,7 @@ def test_connect_storm(server, tmp_path):
     assert result["not_ready"] == 0
     assert connect["probes"] >= 1 and connect["probe_frames"] >= 30
     assert connect["per_s"] > 0 and connect["ready_per_s"] > 0
+    assert 0 < connect["wall_s"] <= connect["ready_s"]
     assert connect["server_cpu_us_ready_raw"] >= connect["server_cpu_us_handshakes"] >= 0
     assert connect["probe_calibration"]["frames"] >= 30
     assert result["errors"] == 0
@@ -121,8 +123,29 @@ def test_cli_storm(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| raw |" in proc.stdout and "| atmosphere@HEAD |" in proc.stdout
+    assert "wall s: handshakes (ready)" in proc.stdout
     saved = json.loads(out.read_text())
     runs = saved["storms"]["20"]["runs"]
     assert list(runs) == ["raw", "atmosphere@HEAD"]
     assert all(r["connect"]["failures"] == 0 and r["not_ready"] == 0
                for rs in runs.values() for r in rs)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_cli_backplane(tmp_path):
+    """``backplane --quick``: the memory and the Redis backplane, one process
+    and two, relay every message to every receiver once and in order; the
+    Redis server's CPU time is counted apart, each process's too."""
+    out = tmp_path / "backplane.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "backplane", "-q", "--quick", "--only", "fanout",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "| memory | 1 |" in proc.stdout and "| redis-2p | 2 |" in proc.stdout
+    runs = json.loads(out.read_text())["scenarios"]["fanout"]["runs"]
+    assert list(runs) == ["memory", "redis", "redis-2p"]
+    for name, (result,) in runs.items():
+        _check(result, 20, 60)
+        assert ("aux_cpu_s" in result) == (name != "memory")
+    assert len(runs["redis-2p"][0]["server_cpu_s_each"]) == 2
