@@ -13,7 +13,7 @@ import sys
 import weakref
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flask import Blueprint, Flask, Response, current_app, has_request_context, jsonify
 from flask.ctx import RequestContext
@@ -33,6 +33,7 @@ from .wire import JsonWireFormat, WireFormat
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
     from .remote import Remote
+    from .testing import TestClient
 
 __all__ = ["Atmosphere", "Route"]
 
@@ -394,3 +395,27 @@ class Atmosphere:
                         "lasts. Call `from gevent import monkey; monkey.patch_all()` first thing "
                         "in your entry point, or serve with `flask atmosphere run`")
         AtmosphereServer(app, host, port).serve_forever()
+
+    def test_client(self, path: str, transport: str = "websocket", *,
+                    config: Mapping[str, Any] | None = None,
+                    headers: Mapping[str, str] | None = None,
+                    app: Flask | None = None) -> "TestClient":
+        """A client for tests, open on ``path`` (query string included)
+        over ``transport`` (``"websocket"``, ``"long-polling"``,
+        ``"streaming"`` or ``"sse"``), through the real server, which is
+        started for the app's clients and stopped when the last one closes;
+        no monkey-patching needed::
+
+            with atmosphere.test_client("/the-chat?name=Ada") as ada, \\
+                    atmosphere.test_client("/the-chat", "sse") as bob:
+                ada.send_json({"message": "hi"})
+                assert bob.receive_json(timeout=1.0)["message"] == "hi"
+
+        ``config``: ``ATMOSPHERE_*`` keys over the app's own while its
+        clients are open (e.g. ``{"ATMOSPHERE_HEARTBEAT_INTERVAL": 0.5}``,
+        in seconds), checked as ``init_app`` checks them. ``headers``:
+        extra request headers. ``app``: the app, if this extension serves
+        several. See ``flask_atmosphere.testing.connect`` for what it raises.
+        """
+        from .testing import connect  # h11 and wsproto's client: for tests only
+        return connect(self, path, transport, config=config, headers=headers, app=app)
