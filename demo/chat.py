@@ -17,20 +17,25 @@ def now_ms() -> str:
     return str(int(time.time() * 1000))
 
 
-def chat_line(author: str, message: str) -> dict:
-    return {"author": author, "message": message, "time": now_ms()}
+def chat_line(author: str, message: str, **extra: str) -> dict:
+    return {"author": author, "message": message, "time": now_ms(), **extra}
 
 
 @atmosphere.route("/the-chat")
 class ChatClient(AtmosphereClient):
     """One chat participant per connection (two tabs are two participants)."""
 
+    @property
+    def name(self) -> str:
+        """The name the page gave (``?name=`` on every request), else "Someone"."""
+        return self.request.args.get("name", "").strip()[:40] or "Someone"
+
     def receive(self, event):
         match event:
             case Connected():
-                self.broadcast(chat_line("Someone", "joined the room"), to=Everyone)
+                self.broadcast(chat_line(self.name, "joined the room", event="joined"), to=Everyone)
             case Disconnected(ClientDisconnected()):
-                self.broadcast(chat_line("Someone", "has left the room"), to=Everyone)
+                self.broadcast(chat_line(self.name, "has left the room", event="left"), to=Everyone)
             case Disconnected(ServerDisconnected()):
                 pass
             case TextMessage(_):

@@ -2,7 +2,9 @@
 on each of its transports, against a real server: acknowledgements (every
 request says how many messages the client got, and what a drop lost comes
 again, once, in order), heartbeats, refusals (the client stops for good),
-try-later answers with Retry-After, the app closing a client, and POSTs.
+try-later answers with Retry-After, the app closing a client, POSTs, and
+messages sent while the server is down (queued, bounded, sent once in order
+when it is back; 'sent' and 'unsent' say what became of each).
 
 Needs Debian's Chromium at /usr/bin/chromium; without it these tests fail
 (they never skip), because the client is only really tested in a browser.
@@ -24,6 +26,7 @@ from flask import Flask, request
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from conftest import Recorder
+from outage import OutageProxy
 from flask_atmosphere import (Atmosphere, AtmosphereClient, Connected, JsonMessage, Refused,
                               TextMessage)
 
@@ -186,6 +189,26 @@ def connect(live, open_page, transport: str, plain: bool = False, client_options
     uuid = wait_open(page)
     assert page.evaluate("client.transport") == transport
     return server, atmosphere, seen, page, uuid
+
+
+def record_sends(page: Page) -> None:
+    """Log the client's 'sent' and 'unsent' events too (see events())."""
+    page.evaluate("""() => {
+        for (const name of ['sent', 'unsent'])
+            client.on(name, (...args) => log.push([name, args.map(plain)]));
+    }""")
+
+
+def app_messages(seen: Seen) -> list[Any]:
+    """What the app received, in order: texts, and JSON as its value."""
+    return [e.text if isinstance(e, TextMessage) else e.json
+            for _, e in seen.events.items if isinstance(e, (TextMessage, JsonMessage))]
+
+
+def wait_app_messages(seen: Seen, count: int) -> list[Any]:
+    seen.events.wait_for(lambda items: sum(isinstance(e, (TextMessage, JsonMessage))
+                                           for _, e in items) >= count)
+    return app_messages(seen)
 
 
 def wait_stopped(page: Page, server, seen: Seen) -> None:
@@ -389,6 +412,7 @@ def test_a_client_closing_itself_through_the_app_is_refused_on_websocket(live, o
 @pytest.mark.parametrize("transport", POST_TRANSPORTS)
 def test_posts_complete_and_none_is_cancelled(live, open_page, transport):
     server, atmosphere, seen, page, uuid = connect(live, open_page, transport)
+    record_sends(page)
     failed: list[str] = []
     finished: list[str] = []
     page.on("requestfailed", lambda req: failed.append(f"{req.method} {req.url} {req.failure}"))
@@ -401,6 +425,10 @@ def test_posts_complete_and_none_is_cancelled(live, open_page, transport):
     got = [e.json for _, e in seen.events.items if isinstance(e, JsonMessage)]
     assert got == [{"n": n} for n in range(5)]
     assert finished.count("POST") == 5
+    # Each one was 'sent' (its POST answered), in order.
+    wait(page, "() => events('sent').length === 5")
+    assert events(page, "sent") == [[{"n": n}] for n in range(5)]
+    assert events(page, "unsent") == []
     assert failed == []
     assert events(page, "error") == []
     assert page.evaluate("client.state") == "open"
@@ -408,11 +436,16 @@ def test_posts_complete_and_none_is_cancelled(live, open_page, transport):
 
 def test_a_post_the_server_refuses_is_an_error_with_its_status(live, open_page):
     server, atmosphere, seen, page, uuid = connect(live, open_page, "long-polling")
+    record_sends(page)
     seen.gate = go_away  # from now on, the app refuses this client's requests
     page.evaluate("client.send('hello')")
     wait(page, "() => events('error').length > 0")
     error = events(page, "error")[0][0]
     assert (error["status"], error["reason"]) == (403, "go away")
+    # The message is 'unsent', with the reason.
+    wait(page, "() => events('unsent').length > 0")
+    assert events(page, "unsent") == [["hello", "POST failed: HTTP 403 go away"]]
+    assert events(page, "sent") == []
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -453,3 +486,97 @@ def test_no_transport_left_is_a_refusal(live, open_page):
     refused = events(page, "refused")[0][0]
     assert (refused["status"], refused["transport"]) == (501, "streaming")
     wait_stopped(page, server, seen)
+
+
+# -- 7. messages sent while the server is down ------------------------------------------
+
+def connect_through_an_outage_proxy(live, open_page, transport: str, **client_options: Any):
+    """The test app behind an OutageProxy, and a page whose client is open
+    through it on ``transport``: (server, atmosphere, seen, proxy, page, uuid)."""
+    app, atmosphere, seen = make_app()
+    server = live(app)
+    proxy = OutageProxy(server.port)
+    page = open_page(proxy)  # the page and its client go through the proxy
+    start(page, transport, **client_options)
+    uuid = wait_open(page)
+    assert page.evaluate("client.transport") == transport
+    record_sends(page)
+    return server, atmosphere, seen, proxy, page, uuid
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_messages_sent_while_the_server_is_down_go_out_once_in_order_when_it_is_back(
+        live, open_page, transport):
+    server, atmosphere, seen, proxy, page, uuid = connect_through_an_outage_proxy(
+        live, open_page, transport, maxQueued=3)
+    try:
+        assert page.evaluate("client.send('m0')") is True
+        assert wait_app_messages(seen, 1) == ["m0"]
+        wait(page, "() => events('sent').length === 1")
+
+        proxy.down()
+        wait(page, "() => client.state === 'reconnecting'")
+        # They wait, as many as maxQueued; one more is 'unsent' at once.
+        taken = page.evaluate("['m1', 'm2', {n: 3}, 'm4'].map(m => client.send(m))")
+        assert taken == [False, False, False, False]
+        assert page.evaluate("client.queued") == 3
+        assert events(page, "unsent") == [["m4", "the queue is full (3 messages)"]]
+        proxy.wait_refused(2)  # reconnect attempts meet the outage; nothing is lost
+        assert page.evaluate("client.queued") == 3
+        assert events(page, "sent") == [["m0"]]
+
+        proxy.up()
+        wait(page, "() => client.state === 'open' && client.queued === 0")
+        assert page.evaluate("client.uuid") == uuid
+        wait_app_messages(seen, 4)
+        assert page.evaluate("client.send('end')") is True
+        # Anything sent twice would come before 'end'.
+        seen.events.wait_for(lambda items: any(e == TextMessage("end") for _, e in items))
+        assert app_messages(seen) == ["m0", "m1", "m2", {"n": 3}, "end"]
+        wait(page, "() => events('sent').length === 5")
+        assert events(page, "sent") == [["m0"], ["m1"], ["m2"], [{"n": 3}], ["end"]]
+        assert events(page, "unsent") == [["m4", "the queue is full (3 messages)"]]
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "long-polling"])
+def test_what_waits_when_the_client_closes_or_gives_up_is_unsent(live, open_page, transport):
+    server, atmosphere, seen, proxy, page, uuid = connect_through_an_outage_proxy(
+        live, open_page, transport, maxReconnectAttempts=3)
+    try:
+        proxy.down()
+        wait(page, "() => client.state === 'reconnecting'")
+        page.evaluate("client.send('a'); client.send({b: 1})")
+        assert page.evaluate("client.queued") == 2
+        page.evaluate("client.close()")
+        assert events(page, "unsent") == [["a", "closed by the client"],
+                                          [{"b": 1}, "closed by the client"]]
+        assert page.evaluate("client.queued") == 0
+
+        # Again, until the client gives up reconnecting.
+        page.evaluate("log.length = 0; client.connect()")
+        wait(page, "() => client.state === 'closed'")  # no transport could connect
+        page.evaluate("client.connect(); client.send('c')")
+        wait(page, "() => events('unsent').length > 0")
+        assert events(page, "unsent") == [["c", "gave up reconnecting after 3 attempts"]]
+        assert page.evaluate("client.state") == "closed"
+        proxy.up()
+        assert app_messages(seen) == []
+    finally:
+        proxy.stop()
+
+
+def test_a_message_sent_as_the_websocket_closes_waits_for_the_next_one(live, open_page):
+    # Once its socket is closing, a WebSocket drops what it is given without
+    # a word: the client keeps the message and sends it on the next socket.
+    server, atmosphere, seen, page, uuid = connect(live, open_page, "websocket")
+    record_sends(page)
+    assert page.evaluate("client._link.ws.close(); client.send('as it closes')") is False
+    assert page.evaluate("client.queued") == 1
+    wait(page, "() => events('sent').length === 1")
+    assert wait_app_messages(seen, 1) == ["as it closes"]
+    assert page.evaluate("client.send('end')") is True
+    seen.events.wait_for(lambda items: any(e == TextMessage("end") for _, e in items))
+    assert app_messages(seen) == ["as it closes", "end"]
+    assert events(page, "unsent") == []

@@ -5,18 +5,22 @@ from conftest import ATMOSPHERE_PARAMS, WSClient
 from demo import create_app
 
 
-def join(server):
-    client = WSClient(server.url("/the-chat", **ATMOSPHERE_PARAMS), track=True, protocol=True)
+def join(server, name=None):
+    params = ATMOSPHERE_PARAMS | ({"name": name} if name is not None else {})
+    client = WSClient(server.url("/the-chat", **params), track=True, protocol=True)
     joined = client.recv_json()
-    assert (joined["author"], joined["message"]) == ("Someone", "joined the room")
+    assert (joined["author"], joined["message"], joined["event"]) == (
+        name or "Someone", "joined the room", "joined")
     return client
 
 
 def test_chat(live):
     server = live(create_app())
-    ada = join(server)
-    bob = join(server)
-    assert ada.recv_json()["message"] == "joined the room"  # bob's arrival, seen by ada
+    ada = join(server, "ada")
+    bob = join(server, "bob")
+    arrival = ada.recv_json()  # bob's, seen by ada
+    assert (arrival["author"], arrival["message"], arrival["event"]) == (
+        "bob", "joined the room", "joined")
 
     bob.send(json.dumps({"author": "bob", "message": "hi <b>ada</b> 👋"}))
     line = ada.recv_json()
@@ -29,7 +33,19 @@ def test_chat(live):
     assert (system["author"], system["message"]) == ("system", "Only json is allowed")
     bob.close()
     left = ada.recv_json()
-    assert (left["author"], left["message"]) == ("Someone", "has left the room")
+    assert (left["author"], left["message"], left["event"]) == ("bob", "has left the room", "left")
+
+
+def test_a_name_is_trimmed_and_cut_to_40_characters_and_none_is_someone(live):
+    server = live(create_app())
+    ada = join(server)  # no name: "Someone joined the room"
+    long = WSClient(server.url("/the-chat", **ATMOSPHERE_PARAMS, name="  " + "x" * 50 + " "),
+                    track=True, protocol=True)
+    for client in (ada, long):
+        assert client.recv_json()["author"] == "x" * 40
+    blank = WSClient(server.url("/the-chat", **ATMOSPHERE_PARAMS, name="   "), track=True,
+                     protocol=True)
+    assert blank.recv_json()["author"] == "Someone"
 
 
 def test_the_page_and_the_client_script_are_served(live):

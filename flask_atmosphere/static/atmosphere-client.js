@@ -10,6 +10,7 @@
  *     chat.on('open', transport => console.log('connected over', transport));
  *     chat.on('message', text => console.log('got', text));
  *     chat.on('refused', ({status, reason}) => console.log('not let in:', status, reason));
+ *     chat.on('unsent', (data, reason) => console.log('not sent:', data, reason));
  *     chat.connect();
  *     chat.send({ author: 'me', message: 'hi' });   // objects are JSON.stringify'd
  *
@@ -34,7 +35,11 @@
  *      is delivered, even `X` or an empty one.
  *   4. Messages go upstream as WebSocket text frames, or as POSTs to the same
  *      URL for the HTTP transports (§4.1, §4.6). Client heartbeats (only if the
- *      handshake asks for them) are the padding, so possibly empty.
+ *      handshake asks for them) are the padding, so possibly empty. While the
+ *      client is not connected (connecting, or reconnecting after a drop),
+ *      messages wait in a queue of at most `maxQueued` and go out once, in
+ *      order, when a link opens; `sent` says when one went out, `unsent` when
+ *      one never will (the queue was full, the client closed, a POST failed).
  *   5. Transports are tried in order (websocket, sse, streaming, long-polling);
  *      one that fails before it opens makes way for the next (§7.3). A connection
  *      that drops after it opened is reconnected with the same tracking id, with
@@ -109,6 +114,8 @@
                               // considered dead; 0: never
     withCredentials: false,   // send cookies cross-origin (fetch, EventSource)
     closeOnUnload: true,      // close the connection when the page goes away
+    maxQueued: 100,           // messages send() keeps while not connected; one
+                              // more is not sent ('unsent'); 0: none wait
   };
 
   // ---------------------------------------------------------------------------
@@ -177,6 +184,9 @@
   // (goodbye: the client leaves, rather than coming back on a new link). A link
   // reports what it receives with received(text) and its end with failed(reason);
   // after either stop() or failed() it is dead and reports nothing more.
+  // write(text) returns true (written), false (not taken: the link is going
+  // away, the client keeps the message for the next one), or a Promise of
+  // true (the server took it) or of the Error that kept it from the server.
   // ---------------------------------------------------------------------------
 
   class Link {
@@ -213,7 +223,7 @@
 
     /** Send upstream as a POST to the connection URL, in order (§4.6). */
     write(text) {
-      this.client._post(this, text);
+      return this.client._post(this, text);
     }
 
     /** End the link; `goodbye`: the client leaves (see WebSocketLink.stop). */
@@ -240,8 +250,15 @@
         this.failed('WebSocket closed (' + event.code + (event.reason ? ' ' + event.reason : '') + ')');
     }
 
+    /**
+     * A socket that is closing (the network or the server ended it, and its
+     * 'close' event is on its way) would drop the message without a word:
+     * leave it to the next link.
+     */
     write(text) {
+      if (this.ws.readyState !== WebSocket.OPEN) return false;
       this.ws.send(text);
+      return true;
     }
 
     /**
@@ -451,8 +468,8 @@
    * Options (see DEFAULTS): transport, transports, contentType, headers,
    * heartbeatServer, reconnect, reconnectInterval, maxReconnectInterval,
    * maxReconnectAttempts, connectTimeout, inactivityTimeout, withCredentials,
-   * closeOnUnload, and a listener per event: onOpen, onMessage, onClose,
-   * onError, onReconnect, onTransportFailure, onRefused.
+   * closeOnUnload, maxQueued, and a listener per event: onOpen, onMessage,
+   * onClose, onError, onReconnect, onTransportFailure, onRefused, onSent, onUnsent.
    *
    * Properties (read-only):
    *   transport  the transport in use or being tried ('websocket', 'sse',
@@ -461,6 +478,7 @@
    *   uuid       the tracking id the server gave in the handshake ('0' before)
    *   offset     how many messages arrived from that tracking id; every
    *              request says it (X-Atmosphere-Offset)
+   *   queued     how many messages wait to be sent (see send())
    *
    * Events (subscribe with on(name, fn), or pass onOpen, onMessage, ... in the options):
    *   open(transport)          connected (again), the handshake received
@@ -481,6 +499,12 @@
    *   transportFailure(reason, transport)     a transport failed before it
    *                            opened, or the server does not offer it (501);
    *                            the next one in order is tried
+   *   sent(data)               a message given to send() (`data` as given) went
+   *                            out: written to the WebSocket, or its POST answered
+   *                            with a 2xx
+   *   unsent(data, reason)     a message given to send() will never be sent: the
+   *                            queue was full (maxQueued), the client closed (close(),
+   *                            refused, gave up) while it waited, or its POST failed
    */
   class AtmosphereClient {
     /**
@@ -501,7 +525,7 @@
       this._everOpened = false; // whether any link opened since connect()
       this._attempt = 0;        // consecutive failed attempts, for the backoff
       this._timers = {};        // connect, reconnect, inactivity, heartbeat
-      this._outbox = [];        // messages sent while not connected
+      this._outbox = [];        // messages waiting to be sent: {data, text}, in order
       this._posts = Promise.resolve(); // keeps upstream POSTs in order
       this._padding = DEFAULT_PADDING; // the handshake's heartbeat padding
       this._heartbeatMs = 0;    // the handshake's client heartbeat period
@@ -513,7 +537,7 @@
       };
       this._onPageShow = () => { this._unloading = false; };
       for (const name of ['open', 'message', 'close', 'error', 'reconnect', 'transportFailure',
-        'refused']) {
+        'refused', 'sent', 'unsent']) {
         const callback = this.options['on' + name[0].toUpperCase() + name.slice(1)];
         if (typeof callback === 'function') this.on(name, callback);
       }
@@ -545,8 +569,9 @@
       }
       this._order = wanted.slice(Math.max(start, 0));
       if (this._order.length === 0) {
-        this.state = 'closed';
-        this._emit('error', new Error('no usable transport among ' + this.options.transports.join(', ')));
+        const reason = 'no usable transport among ' + this.options.transports.join(', ');
+        this._closed(reason);
+        this._emit('error', new Error(reason));
         return this;
       }
       this.state = 'connecting';
@@ -567,13 +592,32 @@
     /**
      * Send a message: a string as it is, anything else as JSON. Over WebSocket
      * it is a text frame, otherwise a POST to the connection URL (§4.1, §4.6).
-     * While (re)connecting, messages wait and go out in order once open.
+     * While not connected (connect() not called yet, connecting, reconnecting
+     * after a drop), it waits in a queue of at most `maxQueued` messages and
+     * goes out once, in order, when a link opens. Returns true if it went out
+     * at once, false if it waits (or was not taken: the queue is full, and
+     * 'unsent' says so). 'sent' or 'unsent' follows each message, with `data`
+     * as given here.
      */
     send(data) {
       const text = typeof data === 'string' ? data : JSON.stringify(data);
       if (this.state === 'closed') throw new Error('AtmosphereClient: send() after close()');
-      if (this.state === 'open' && this._link && this._link.open) this._write(text);
-      else this._outbox.push(text);
+      const entry = { data: data, text: text };
+      if (this.state === 'open' && this._link && this._link.open && this._outbox.length === 0) {
+        if (this._deliver(entry)) return true;
+        return false; // the link is going away: it waits first in the queue
+      }
+      if (this._outbox.length >= this.options.maxQueued) {
+        this._emit('unsent', data, 'the queue is full (' + this.options.maxQueued + ' messages)');
+        return false;
+      }
+      this._outbox.push(entry);
+      return false;
+    }
+
+    /** How many messages wait to be sent. */
+    get queued() {
+      return this._outbox.length;
     }
 
     /** Close the connection for good (call connect() to start again). */
@@ -582,7 +626,7 @@
       const wasOpen = this.state === 'open' || this.state === 'reconnecting';
       const link = this._link;
       this._link = null;
-      this._closed();
+      this._closed('closed by the client');
       if (link) {
         link.stop(true);
         // The 5.x client sends no close request; the legacy one does (§4.7). It
@@ -593,10 +637,14 @@
       if (wasOpen) this._emit('close', 'closed by the client');
     }
 
-    /** Enter the 'closed' state: no link, no timers, nothing waiting. */
-    _closed() {
+    /**
+     * Enter the 'closed' state: no link, no timers, nothing waiting; what
+     * waited is 'unsent', for `reason`.
+     */
+    _closed(reason) {
       this.state = 'closed';
       this._generation++;
+      const dropped = this._outbox;
       this._outbox = [];
       this._clearTimers();
       this._closeReplaced();
@@ -604,6 +652,7 @@
         global.removeEventListener('pagehide', this._onPageHide);
         global.removeEventListener('pageshow', this._onPageShow);
       }
+      for (const entry of dropped) this._emit('unsent', entry.data, reason);
     }
 
     /**
@@ -742,15 +791,9 @@
       this._touch();
       this._startHeartbeat(link);
       this._emit('open', link.name);
-      // Messages sent while connecting go out now, in order.
-      const waiting = this._outbox;
-      this._outbox = [];
-      for (const text of waiting) {
-        if (this._link !== link) {
-          this._outbox.push(text);
-        } else {
-          this._write(text);
-        }
+      // Messages sent while not connected go out now, in order.
+      while (this._outbox.length > 0 && this._link === link && this.state === 'open') {
+        if (!this._deliver(this._outbox.shift())) break; // put back: the link is going
       }
     }
 
@@ -770,7 +813,7 @@
         // back (410 if not).
         const refused = refusal !== null && verdict(refusal.status) === 'refused';
         if (this.options.reconnect || refused) this.state = 'reconnecting';
-        else this._closed();
+        else this._closed('connection lost: ' + reason);
         this._emit('close', reason);
         if (this.state === 'closed') return; // no reconnect, or a listener closed us
       } else if (refusal === null && PROBED[link.name] && !this._unloading) {
@@ -857,8 +900,8 @@
     _refused(refusal, transport) {
       const status = refusal.status;
       const reason = refusal.reason;
-      this._closed();
       const err = new Error('refused by the server: HTTP ' + status + (reason ? ' ' + reason : ''));
+      this._closed(err.message);
       err.status = status;
       err.reason = reason;
       err.transport = transport;
@@ -877,10 +920,10 @@
       const o = this.options;
       if (this.state === 'closed') return;
       if (!o.reconnect || this._attempt >= o.maxReconnectAttempts) {
-        this._closed();
-        if (o.reconnect) {
-          this._emit('error', new Error('gave up reconnecting after ' + this._attempt + ' attempts'));
-        }
+        const reason = o.reconnect ? 'gave up reconnecting after ' + this._attempt + ' attempts'
+          : 'could not connect';
+        this._closed(reason);
+        if (o.reconnect) this._emit('error', new Error(reason));
         return;
       }
       const attempt = this._attempt++;
@@ -957,18 +1000,44 @@
 
     // -- sending (§4.1, §4.6) ----------------------------------------------------------
 
+    /**
+     * Write `text` (a message, a heartbeat) on the current link; returns
+     * what the link's write() returns, or the Error it threw.
+     */
     _write(text) {
       try {
-        this._link.write(text);
+        return this._link.write(text);
       } catch (err) {
         this._emit('error', err);
+        return err;
       }
+    }
+
+    /**
+     * Write a message of send() ({data, text}) on the current, open link, and
+     * say 'sent' or 'unsent' once that is known. Returns false when the link
+     * did not take it: it is put back first in the queue, for the next link.
+     */
+    _deliver(entry) {
+      const outcome = this._write(entry.text);
+      if (outcome === false) {
+        this._outbox.unshift(entry);
+        return false;
+      }
+      const settle = result => {
+        if (result === true) this._emit('sent', entry.data);
+        else this._emit('unsent', entry.data, describe(result));
+      };
+      if (outcome && typeof outcome.then === 'function') outcome.then(settle);
+      else settle(outcome);
+      return true;
     }
 
     /**
      * POST `text` to the connection URL; POSTs go one after another, in order.
      * Each answer is read to its end (a request left unread may show as
-     * cancelled); one that is not OK is an 'error' with its status.
+     * cancelled); one that is not OK is an 'error' with its status. Returns
+     * a Promise of true (a 2xx), or of the Error (also emitted) otherwise.
      */
     _post(link, text) {
       const url = this._buildUrl(link.name);
@@ -977,7 +1046,7 @@
         .then(async response => {
           if (response.ok) {
             await response.text();
-            return;
+            return true;
           }
           const refusal = await refusalFrom(response);
           const err = new Error('POST failed: HTTP ' + refusal.status +
@@ -986,7 +1055,11 @@
           err.reason = refusal.reason;
           throw err;
         })
-        .catch(err => this._emit('error', err));
+        .catch(err => {
+          this._emit('error', err);
+          return err;
+        });
+      return this._posts;
     }
 
     /** Tell the server that this tracking id is gone (§4.7, legacy clients). */
