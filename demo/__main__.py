@@ -15,7 +15,10 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    atmosphere.run(create_app(), args.host, args.port)
+    try:
+        atmosphere.run(create_app(), args.host, args.port)
+    except OSError as exc:  # the port is taken, or the address is not ours: one line
+        parser.exit(1, f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}\n")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class Connection:
         binding: the resume key the client is bound to, or ``None``.
     """
     __slots__ = ("atmosphere", "app", "settings", "uuid", "path", "route", "transport", "params",
-                 "wire_format",
+                 "wire_format", "takeover",
                  "mailbox", "keeps", "carrier", "direct", "framing", "poll_answered", "client",
                  "environ", "session", "binding", "_lost_reported", "_lock", "_opened", "_opening",
                  "_kicked",
@@ -121,6 +121,8 @@ class Connection:
         self.path = request.path
         self.route = route.rule
         self.transport = request.transport  # the latest request's, for the stats
+        #: It takes the place of a client whose process died (``Connected.takeover``).
+        self.takeover = False
         self.params = params
         self.wire_format = route.wire_format
         self.mailbox = Mailbox(settings.mailbox_max_messages, settings.mailbox_max_bytes,
@@ -423,7 +425,7 @@ class Connection:
             remote.forwarding.claim(self.uuid, self.path, self.binding, self.settings.grace_period)
         self._opened = self._opening = True
         try:
-            self.dispatch(Connected())
+            self.dispatch(Connected(self.takeover))
         finally:
             self._opening = False
         kicked = self._kicked

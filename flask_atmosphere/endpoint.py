@@ -230,11 +230,13 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
     if isinstance(decision, Refusal):
         return _refuse(decision, upgraded)
     holder = _held_elsewhere(atmosphere, chosen) if existing is None else None
-    if holder is not None and (transport not in FORWARDED or not _may_act(settings, holder)):
-        # Held by a live process that this request may not act for, or on
-        # a transport it is not served across processes on: a client of
+    takeover = False
+    if holder is not None and not _may_act(settings, holder):
+        # Held elsewhere, and this request may not act for it: a client of
         # its own, as a held client's tracking id gets here.
         holder, decision = None, Open(None)
+    elif holder is not None and not holder.alive:  # its process died: this one takes over
+        holder, takeover = None, True
     refused = app_refusal(atmosphere, settings, new=existing is None and holder is None)
     if refused is not None:
         atmosphere.counters.add("refused")
@@ -257,6 +259,7 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
                                               transport,
                                               can_set_cookie=upgraded is None)
         new = True
+        connection.takeover = takeover
         if transport == "sse":
             connection.keep_history()
         refused = connection.open()
@@ -354,6 +357,9 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
     holder = _held_elsewhere(atmosphere, chosen) if existing is None else None
     if holder is not None and not _may_act(settings, holder):
         holder, decision = None, Open(None)  # as a held client's tracking id gets here
+    takeover = holder is not None and not holder.alive
+    if takeover:
+        holder = None
     refused = app_refusal(atmosphere, settings, new=existing is None and holder is None)
     if refused is not None:
         atmosphere.counters.add("refused")
@@ -371,6 +377,7 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
     connection, cookies = _new_connection(atmosphere, settings, route, params,
                                           decision.uuid if isinstance(decision, Open) else None,
                                           params.transport or "polling", can_set_cookie=True)
+    connection.takeover = takeover
     refused = connection.open()
     if refused is not None:
         return refusal_response(refused)
@@ -389,8 +396,8 @@ FORWARDED = ("long-polling", "jsonp", "sse", "streaming", "websocket")
 
 
 def _held_elsewhere(atmosphere: "Atmosphere", chosen: Plan) -> "Holder | None":
-    """The other process that holds the client the request names, if the
-    Redis backplane says a live one does."""
+    """The other process that holds the client the request names, alive or
+    dead, if the Redis backplane says one does."""
     remote, params = atmosphere.remote, chosen.params
     if remote is None or params is None or not isinstance(chosen.client, Open) \
             or chosen.client.uuid != params.tracking_id:
@@ -459,7 +466,7 @@ def _forward_goodbye(atmosphere: "Atmosphere", settings: "Settings", chosen: Pla
     """A goodbye for a client held by another process, said there."""
     holder = _held_elsewhere(atmosphere, chosen)
     if holder is None or atmosphere.remote is None or chosen.params is None \
-            or not _may_act(settings, holder):
+            or not holder.alive or not _may_act(settings, holder):
         return
     try:
         atmosphere.remote.call(holder, "goodbye", chosen.params.tracking_id,

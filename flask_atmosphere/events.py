@@ -41,7 +41,15 @@ class ServerDisconnected:
 @dataclass(frozen=True)
 class Connected:
     """The connection is open and the client is registered: ``send`` and
-    ``broadcast`` from here reach the new client too."""
+    ``broadcast`` from here reach the new client too.
+
+    Attributes:
+        takeover: the client was held by another process of the app, which
+            died (or was stopped) within its grace period: this object takes
+            its place, with its uuid (the old object is gone with its
+            process, and what only it knew with it). ``False`` for a new client.
+    """
+    takeover: bool = False
 
 
 @dataclass(frozen=True)

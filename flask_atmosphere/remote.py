@@ -77,16 +77,16 @@ class Remote:
     # -- the requester's side ------------------------------------------------------
 
     def holder(self, tracking_id: str) -> Holder | None:
-        """The live process, not this one, that holds ``tracking_id``, or
-        ``None`` (nobody does, or its holder is dead). Waits for Redis in
-        gevent's threadpool, never on the hub; a Redis that cannot be
-        reached counts as nobody."""
+        """The process, not this one, that holds ``tracking_id`` (see
+        ``Holder.alive``), or ``None``. Waits for Redis in gevent's
+        threadpool, never on the hub; a Redis that cannot be reached counts
+        as nobody."""
         try:
             found = gevent.get_hub().threadpool.apply(self.forwarding.holder, (tracking_id,))
         except Exception as exc:  # noqa: BLE001 -- Redis away: served here, as without it
             log.warning("could not look up the holder of a client (%s)", exc)
             return None
-        if found is None or found.node == self.forwarding.node or not found.alive:
+        if found is None or found.node == self.forwarding.node:
             return None
         return found
 

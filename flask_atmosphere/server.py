@@ -16,6 +16,7 @@ before calling the app instead; the transports handle that too.
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import re
@@ -90,7 +91,12 @@ class AtmosphereHandler(WSGIHandler):
         handler.headers_sent = True
         handler.close_connection = True
         handler.server.parked.add(handler.socket)
-        return handler.socket, read_buffered(handler.rfile)
+        buffered = read_buffered(handler.rfile)
+        # The reader is of no more use, and while open it keeps the socket's
+        # descriptor open past the transport's close, until the garbage
+        # collector breaks the handler's cycle with its environ.
+        handler.rfile.close()
+        return handler.socket, buffered
 
     def run_application(self) -> None:
         try:
@@ -132,6 +138,17 @@ class AtmosphereHandler(WSGIHandler):
             towrite += b"\r\n"
         towrite += b"\r\n"
         return towrite
+
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        """A request that could not be read: a peer that reset or closed
+        its connection in the middle of its request is not the server's
+        error (logged at DEBUG, nothing answered); anything else is
+        pywsgi's 400 and its log line."""
+        if isinstance(ex, ConnectionError):
+            log.debug("a peer left in the middle of its request (%s)", ex)
+            self.close_connection = True
+            return None
+        return super()._handle_client_error(ex)  # type: ignore[misc]  # pywsgi, untyped
 
     def _write_final(self, data: bytes) -> None:
         """The WSGI ``write`` callable for the last piece of a response's
@@ -189,8 +206,13 @@ def freeze_startup_objects() -> None:
     of the garbage collector's future passes (``gc.freeze``): it lives as
     long as the process, and a connect storm then costs the collector only
     the connections' own objects (about 10 % of a WebSocket connect's CPU
-    in ``python -m bench storm``). Refcounting still frees frozen objects."""
+    in ``python -m bench storm``). Refcounting still frees frozen objects.
+    At exit they are unfrozen, so that they are collected while the
+    interpreter still works (else logging's and gevent's clean-up clash,
+    and Python prints "Exception ignored")."""
     gc.freeze()
+    atexit.unregister(gc.unfreeze)  # once, however often it is called
+    atexit.register(gc.unfreeze)
 
 
 class AtmosphereServer:

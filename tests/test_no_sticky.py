@@ -4,11 +4,13 @@ real Redis); the one that holds the client serves it."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from urllib.parse import urlencode
 
 from app_processes import app_processes  # noqa: F401 (a fixture)
 from conftest import ATMOSPHERE_PARAMS, TIMEOUT, WSClient
+from flask_atmosphere.backplane.forwarding import Forwarding
 from http_clients import PollClient, StreamClient
 from redis_servers import redis_server  # noqa: F401 (a fixture)
 from test_backplane import wait_up, ws
@@ -152,3 +154,43 @@ def test_a_websocket_reconnected_to_another_process_carries_on(redis_server, app
     while one.stats()["disconnects"].get("client_closed", 0) < 1:
         assert time.monotonic() < deadline, "its goodbye did not reach its holder"
         time.sleep(0.05)
+
+
+def test_a_client_whose_process_died_is_taken_over(redis_server, app_processes):
+    """``kill -9`` on the process that holds a client: its next request,
+    on another process, finds it taken over there (a ``Connected`` that
+    says so, the same tracking id), and it carries on."""
+    one, two = (app_processes(redis_server.url, **QUICK) for _ in range(2))
+    wait_up(one, two)
+    client = PollClient(one.base, "/chat")
+    assert json.loads(client.poll()[0]) == {"hello": client.uuid, "room": None}
+    r = redis_server.client()
+    nodes = set(r.scan_iter("atmosphere:node:*"))
+    assert len(nodes) == 2
+    one.kill()
+    deadline = time.monotonic() + TIMEOUT
+    while len(set(r.scan_iter("atmosphere:node:*"))) != 1:  # its liveness key expires
+        assert time.monotonic() < deadline, "the dead process still looks alive"
+        time.sleep(0.05)
+    hello = json.loads(on(client, two).poll()[0])
+    assert hello == {"hello": client.uuid, "room": None, "takeover": True}
+    two.push("/chat", "after")
+    assert client.poll() == ["after"]
+    assert two.stats()["connects"] == 1
+
+
+def test_forwarding_says_once_that_it_failed_and_once_that_it_works_again(caplog):
+    forwarding = Forwarding("redis://127.0.0.1:1/0", "atmosphere", "node")  # never started
+    refused = ConnectionRefusedError("Connection refused")
+    with caplog.at_level(logging.WARNING, "flask_atmosphere"):
+        for _ in range(5):  # both threads retry, each failing again and again
+            forwarding._health("writer", refused)
+            forwarding._health("reader", refused)
+        forwarding._health("writer")
+        assert [r.getMessage() for r in caplog.records] == [
+            "forwarding requests between processes failed (Connection refused): clients held by"
+            " other processes are served here until Redis is back"]
+        forwarding._health("reader")
+        forwarding._health("reader")
+    assert [r.getMessage() for r in caplog.records][1:] == [
+        "forwarding requests between processes works again"]

@@ -48,5 +48,20 @@ def test_a_signal_closes_every_client_cleanly_and_the_process_exits(demo_process
     assert client.recv_close() == (1001, "server shutdown")
     assert process.wait(TIMEOUT) == 0
     assert time.monotonic() - started < 5 + 1
+    said = process.stderr.read()  # what it logged after it started, to its exit
+    assert "Traceback" not in said and "Exception ignored" not in said, said
     with pytest.raises(OSError):  # no longer listening
         socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+
+
+def test_a_busy_port_is_one_line_and_exit_1():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "demo", "--port", str(port)],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"cannot serve on 127.0.0.1:{port}: Address already in use")
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr

@@ -38,8 +38,9 @@ def make_app(recorder, **config):
         def receive(self, event):
             recorder.add((self.uuid, event))
             match event:
-                case Connected():
-                    self.send({"hello": self.uuid, "room": self.request.view_args.get("room")})
+                case Connected(takeover=takeover):
+                    hello = {"hello": self.uuid, "room": self.request.view_args.get("room")}
+                    self.send(hello | {"takeover": True} if takeover else hello)
                 case JsonMessage({"cmd": "broadcast", "to": to, "msg": msg}):
                     if isinstance(to, dict):  # {"uuids": [...]}
                         target = Uuids(*to["uuids"])

@@ -107,6 +107,7 @@ class Forwarding:
         self._on_reply: Callable[[dict[str, Any]], None] = lambda message: None
         self._lookup: Any = None  # the client of holder(), made on first use
         self._threads: list[Any] = []
+        self._failing: set[str] = set()  # the threads that cannot reach Redis now
 
     # -- keys --------------------------------------------------------------------
 
@@ -232,14 +233,34 @@ class Forwarding:
                 pipe.execute()
             except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 client = None
-                log.warning("forwarding between processes failed (%s): retrying", exc)
+                self._health("writer", exc)
                 self._stopped.wait(min(self.refresh_interval, 1.0))
                 continue
+            self._health("writer")
             if claims is not None:
                 refreshed = monotonic()
             with self._lock:
                 for _ in commands:
                     self._commands.popleft()
+
+    def _health(self, thread: str, why: BaseException | None = None) -> None:
+        """``thread`` reached Redis, or failed to (``why``): logged once
+        when forwarding stops working, once when it works again; the
+        threads retry meanwhile."""
+        if why is None and not self._failing:
+            return
+        with self._lock:
+            was = not self._failing
+            if why is None:
+                self._failing.discard(thread)
+            else:
+                self._failing.add(thread)
+            now = not self._failing
+        if was and not now:
+            log.warning("forwarding requests between processes failed (%s): clients held by "
+                        "other processes are served here until Redis is back", why)
+        elif now and not was:
+            log.warning("forwarding requests between processes works again")
 
     def _refresh(self, pipe: Any, claims: list[tuple[str, tuple[str, int]]]) -> None:
         """This process is alive, and holds these clients."""
@@ -271,9 +292,10 @@ class Forwarding:
                 found = client.xread(last, block=int(READ_BLOCK * 1000), count=256)
             except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 client = None
-                log.warning("reading forwarded requests failed (%s): retrying", exc)
+                self._health("reader", exc)
                 self._stopped.wait(min(self.refresh_interval, 1.0))
                 continue
+            self._health("reader")
             for stream, entries in found or []:
                 name = stream.decode() if isinstance(stream, bytes) else stream
                 handle = self._on_request if name == inbox else self._on_reply
