@@ -70,10 +70,13 @@ class Broadcaster:
         self._pressed: dict["Connection", float] = {}
         backplane.start(self.deliver_threadsafe, self.lost_threadsafe, count)
 
-    def use(self, backplane: "Backplane") -> None:
+    def use(self, backplane: "Backplane", forked: bool = False) -> None:
         """Carry broadcasts through ``backplane`` from now on (the one the
-        app's configuration names, at ``init_app``), instead of the current one."""
-        self.backplane.stop()
+        app's configuration names, at ``init_app``), instead of the current
+        one, which is stopped; unless ``forked``: it is the parent's of a
+        forked process, whose threads are not in this one."""
+        if not forked:
+            self.backplane.stop()
         self.backplane = backplane
         backplane.start(self.deliver_threadsafe, self.lost_threadsafe, self._count)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 import weakref
 from collections import Counter
@@ -107,6 +108,7 @@ class Atmosphere:
         self._error_handlers: list[Callable[[AtmosphereClient, BaseException], Any]] = []
         #: Serves requests for clients held by other processes (Redis backplane only).
         self.remote: Remote | None = None
+        self._fork_safe = False  # the fork handler is registered
         #: The functions registered with :meth:`before_connect`.
         self.before_connect_hooks: list[Callable[[], Any]] = []
         #: True once :meth:`shutdown` began: new clients get 503.
@@ -169,6 +171,29 @@ class Atmosphere:
                                               backplane.probe_interval, backplane.timeout,
                                               backplane.cluster))
         self.remote.start()
+        if not self._fork_safe:
+            self._fork_safe = True
+            this = weakref.ref(self)
+
+            def after_fork() -> None:
+                atmosphere = this()
+                if atmosphere is not None:
+                    atmosphere._after_fork()
+            os.register_at_fork(after_in_child=after_fork)
+
+    def _after_fork(self) -> None:
+        """In the child of a fork (gunicorn's ``--preload`` makes the app
+        before it forks its workers): the parent's backplane and forwarding
+        threads are not here, so the child gets its own, under a name of
+        its own; else its broadcasts would never leave it."""
+        backplane = self.broadcaster.backplane
+        redis_backplane = sys.modules.get(f"{__package__}.backplane.redis")
+        if self.remote is None or redis_backplane is None \
+                or not isinstance(backplane, redis_backplane.RedisBackplane):
+            return
+        self.broadcaster.use(backplane.forked(), forked=True)
+        self.remote = None
+        self._start_forwarding()
 
     def _add_stats_views(self, app: Flask, settings: Settings) -> None:
         """Serve :meth:`stats` as JSON and as Prometheus text where the

@@ -139,6 +139,19 @@ class AtmosphereHandler(WSGIHandler):
         towrite += b"\r\n"
         return towrite
 
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Any:
+        """pywsgi's, plus ``Connection: close`` on the answer to an HTTP/1.1
+        request that asked to close (RFC 9112 §9.6: the server closes after
+        it, and should say so), unless the app sent a ``Connection`` of its
+        own. Without it, a client that pools connections (urllib3, so
+        ``requests``) may send its next request on this one as it closes."""
+        handler: Any = self
+        if handler.close_connection and handler.request_version != "HTTP/1.0" \
+                and not any(name.lower() == "connection" for name, _ in headers):
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
     def _handle_client_error(self, ex: BaseException) -> Any:
         """A request that could not be read: a peer that reset or closed
         its connection in the middle of its request is not the server's

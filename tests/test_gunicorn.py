@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from conftest import ATMOSPHERE_PARAMS, TIMEOUT, WSClient
 from http_clients import PollClient, StreamClient
-from redis_servers import free_port
+from redis_servers import free_port, redis_server  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).parent.parent
 
@@ -28,18 +29,19 @@ def gunicorn():
     free port; ``(process, port)``; killed at the end if still running."""
     started = []
 
-    def start(workers: int = 1):
+    def start(workers: int = 1, *options: str, booted: int = 1, **env: str):
         port = free_port()
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "flask_atmosphere.gunicorn.Worker",
              "-w", str(workers), "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "30",
-             "demo:app"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+             *options, "demo:app"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), **env))
         started.append(process)
         lines = []
-        for line in process.stderr:  # until a worker booted
+        for line in process.stderr:  # until `booted` workers booted
             lines.append(line)
-            if "Booting worker" in line:
+            booted -= "Booting worker" in line
+            if booted == 0:
                 break
         return process, port, lines
 
@@ -92,3 +94,42 @@ def test_several_workers_without_a_backplane_warn(gunicorn):
     process.send_signal(signal.SIGTERM)
     _, rest = process.communicate(timeout=TIMEOUT)
     assert warned == 2 and "without a backplane" not in rest
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["app per worker", "--preload"])
+def test_long_polling_on_three_workers_without_sticky_sessions(gunicorn, redis_server, preload):
+    """``gunicorn -w 3`` on one port with the Redis backplane: every request
+    on a new connection, so each lands on whichever worker accepts it.
+    Every message reaches the other client once, in the order sent; each
+    client joins once. With ``--preload`` the app (and its backplane) is
+    made before the fork: each worker must still have its own."""
+    process, port, _ = gunicorn(3, *(["--preload"] if preload else []), booted=3,
+                                FLASK_ATMOSPHERE_BACKPLANE=redis_server.url,
+                                FLASK_ATMOSPHERE_REDIS_PROBE_INTERVAL="0.5")
+    r = redis_server.client()
+    deadline = time.monotonic() + TIMEOUT
+    while len(list(r.scan_iter("atmosphere:node:*"))) < 3 + preload:  # every worker (and a preloading master)
+        assert time.monotonic() < deadline, "not every worker reached Redis"
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+
+    def new_connection_each_time() -> requests.Session:
+        http = requests.Session()
+        http.headers["Connection"] = "close"
+        return http
+
+    reader = PollClient(base, "/the-chat?name=reader", http=new_connection_each_time())
+    writer = PollClient(base, "/the-chat?name=writer", http=new_connection_each_time())
+    for i in range(60):
+        assert writer.post(json.dumps({"author": "writer", "message": f"m{i}"})
+                           ).status_code == 200
+    lines: list[dict] = []
+    while len([line for line in lines if line["author"] == "writer"]) < 61:
+        lines += [json.loads(message) for message in reader.poll()]
+    assert [line["message"] for line in lines] == \
+        ["joined the room"] * 2 + [f"m{i}" for i in range(60)]  # its own join, the writer's
+    # The requests did land on other workers than the clients' holders.
+    forwarded = sum(r.xlen(key) for key in r.scan_iter("atmosphere:{node:*}:inbox"))
+    assert forwarded > 0
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(TIMEOUT) == 0

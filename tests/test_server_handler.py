@@ -214,3 +214,19 @@ def test_the_access_log_shows_no_tracking_id(handled):
     line = handler.format_request()
     assert "c0ffee00" not in line
     assert "X-Atmosphere-tracking-id=[redacted]&x=1" in line
+
+
+@pytest.mark.parametrize("path", ["/plain", QUERY + "&X-Atmosphere-tracking-id=0"])
+def test_a_request_that_asks_to_close_is_answered_close_and_closed(handled, path):
+    """RFC 9112 §9.6: the answer says ``Connection: close``, so that a
+    client that pools connections does not send its next request on it."""
+    _, _, start = handled
+    client, _ = start()
+    client.sendall(get(path).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    buffer = bytearray()
+    head = read_response(client, buffer).split(b"\r\n\r\n")[0]
+    assert b"\r\nConnection: close" in head
+    assert client.recv(1) == b""  # and it closes
+    client, _ = start()
+    client.sendall(get(path))  # a request that does not ask: kept alive, nothing said
+    assert b"Connection:" not in read_response(client, bytearray())

@@ -217,6 +217,15 @@ class RedisBackplane(Backplane):
         if self._deliver is not None:
             self._deliver(broadcast)
 
+    def forked(self) -> "RedisBackplane":
+        """A backplane with this one's settings, for the child of a fork
+        (gunicorn's ``--preload``): this one's threads did not survive the
+        fork, its locks may be held by them, and the child needs a name
+        (:attr:`origin`) of its own. Not started."""
+        return RedisBackplane(self.url, self.prefix, self.shards, self.stream_max_length,
+                              self.stream_max_age, self.outbox_size, self.probe_interval,
+                              self.timeout, self.cluster)
+
     def stop(self) -> None:
         """Stop the threads (they end within ``timeout`` seconds)."""
         self._stopped.set()
