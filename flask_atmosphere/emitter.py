@@ -38,7 +38,8 @@ class Emitter:
         shards: the app's ``ATMOSPHERE_REDIS_SHARDS``.
         stream_max_length: the app's ``ATMOSPHERE_REDIS_STREAM_MAX_LENGTH``.
         stream_max_age: the app's ``ATMOSPHERE_REDIS_STREAM_MAX_AGE``, in seconds.
-        timeout: seconds a Redis command may take.
+        timeout: seconds a Redis command (or connect) may take, as the
+            app's ``ATMOSPHERE_REDIS_TIMEOUT``.
         cluster: the app's ``ATMOSPHERE_REDIS_CLUSTER``.
 
     Raises:
@@ -47,7 +48,7 @@ class Emitter:
 
     def __init__(self, url: str, prefix: str = "atmosphere", shards: int = 1,
                  stream_max_length: int = 10_000, stream_max_age: float = 300.0,
-                 timeout: float = 5.0, cluster: bool = False):
+                 timeout: float = 2.0, cluster: bool = False):
         client_class: Any = RedisCluster if cluster else redis.Redis
         self._redis = client_class.from_url(redis_url(url), socket_timeout=timeout,
                                             socket_connect_timeout=timeout)

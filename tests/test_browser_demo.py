@@ -9,13 +9,16 @@ Needs Debian's Chromium at /usr/bin/chromium; without it these tests fail
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from demo import create_app
+from http_clients import PollClient
 from outage import OutageProxy
 
 CHROMIUM = "/usr/bin/chromium"
@@ -249,3 +252,23 @@ def test_the_send_bar_fits_a_360_px_screen_with_a_40_character_name(live, open_p
     assert page.evaluate("document.documentElement.scrollWidth"
                          " <= document.documentElement.clientWidth")
     assert page.evaluate("document.body.scrollWidth <= document.documentElement.clientWidth")
+
+
+def test_the_readme_page_for_the_bundled_client_works_as_it_is(live, open_page):
+    """The whole page of the README's "The bundled JavaScript client",
+    served by a view of the demo app: it connects, and lists what arrives
+    (its own join); its message reaches another client."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The bundled JavaScript client", 1)[1]
+    page_html = section.split("```html\n", 1)[1].split("```", 1)[0]
+    app = create_app()
+    app.add_url_rule("/readme-page", "readme_page", lambda: page_html)
+    server = live(app)
+    other = PollClient(server.url("", scheme="http").rstrip("/"), "/the-chat")
+    page = open_page(server.url("/readme-page", scheme="http"))
+    expect(page.locator("#log li", has_text="joined the room")).to_have_count(1,
+                                                                            timeout=WAIT_MS)
+    got: list[dict] = []
+    while not any(line.get("message") == "hello" for line in got):
+        got += [json.loads(text) for text in other.poll()]
+    assert [line["author"] for line in got if line.get("message") == "hello"] == ["ada"]

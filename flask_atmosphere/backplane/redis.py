@@ -526,8 +526,10 @@ class RedisBackplane(Backplane):
 
     def _history_lost(self, shard: int, epoch: str) -> None:
         """The shard's epoch changed: Redis lost its history."""
-        log.warning("the backplane's shard %d has a new epoch: Redis lost its history; "
-                    "what it held is gone", shard)
+        log.warning("the backplane's shard %d has a new epoch: Redis lost its data (a "
+                    "restart without persistence, a flush, a failover), so publications "
+                    "this process had not received yet may be lost; its clients on that "
+                    "shard get MessagesLost", shard)
         self._count("backplane_epochs", 1)
         self._states[shard] = _ShardState(epoch, 0, None)
         if self._lost is not None:
