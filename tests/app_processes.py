@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,11 @@ class AppProcess:
             raise RuntimeError(f"the app did not start: {line!r} {self.process.stderr.read()}")
         self.port = int(line.split()[1])
         self.base = f"http://127.0.0.1:{self.port}"
+        # What it logs is read as it comes: a pipe left full would stop it.
+        self._log: list[str] = []
+        self._reader = threading.Thread(target=self._log.extend, args=(self.process.stderr,),
+                                        daemon=True)
+        self._reader.start()
 
     def url(self, path: str, scheme: str = "ws") -> str:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
@@ -52,11 +58,12 @@ class AppProcess:
         if self.process.poll() is None:
             self.process.terminate()
         try:
-            _, err = self.process.communicate(timeout=TIMEOUT)
+            self.process.wait(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            _, err = self.process.communicate()
-        return err
+            self.process.wait()
+        self._reader.join(TIMEOUT)
+        return "".join(self._log)
 
 
 @pytest.fixture

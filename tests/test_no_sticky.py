@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 from app_processes import app_processes  # noqa: F401 (a fixture)
@@ -102,6 +103,9 @@ def test_a_client_that_never_comes_back_leaves_nothing_in_redis(redis_server, ap
         assert time.monotonic() < deadline, "the client's entry outlived it"
         time.sleep(0.05)
     assert one.stats()["disconnects"] == {"timeout": 1}
+    # Its reader waited for forwarded requests longer than a Redis command
+    # may take (ATMOSPHERE_REDIS_TIMEOUT is 0.5 s here) without failing.
+    assert "forwarding requests between processes failed" not in one.stop()
 
 
 def test_a_stream_reconnected_to_another_process_resumes(redis_server, app_processes):
@@ -194,3 +198,25 @@ def test_forwarding_says_once_that_it_failed_and_once_that_it_works_again(caplog
         forwarding._health("reader")
     assert [r.getMessage() for r in caplog.records][1:] == [
         "forwarding requests between processes works again"]
+
+
+def test_thousands_of_clients_leave_redis_as_it_was(redis_server, app_processes):
+    """Rounds of 700 clients that open and never come back: after each,
+    once their grace period is over, Redis holds the keys it held before
+    them, and its memory does not grow from round to round."""
+    one = app_processes(redis_server.url, ATMOSPHERE_GRACE_PERIOD=0.5, **QUICK)
+    wait_up(one)
+    r = redis_server.client()
+    before = set(r.scan_iter())
+    memory = []
+    for _ in range(3):
+        with ThreadPoolExecutor(16) as pool:
+            uuids = list(pool.map(lambda _: PollClient(one.base, "/chat").uuid, range(700)))
+        assert len(set(uuids)) == 700
+        deadline = time.monotonic() + 3 * TIMEOUT
+        while set(r.scan_iter()) != before:  # their entries expire or are deleted
+            assert time.monotonic() < deadline, set(r.scan_iter()) - before
+            time.sleep(0.1)
+        memory.append(r.info("memory")["used_memory"])
+    assert memory[2] <= memory[0] + 256 * 1024
+    assert one.stats()["disconnects"] == {"timeout": 2100}

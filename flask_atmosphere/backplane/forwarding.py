@@ -205,11 +205,13 @@ class Forwarding:
 
     # -- threads -------------------------------------------------------------------
 
-    def _client(self) -> Any:
+    def _client(self, blocks: float = 0.0) -> Any:
+        """A Redis client whose commands may take ``timeout`` seconds, plus
+        ``blocks`` (the longest a blocking command of it waits by design)."""
         import redis  # redis-py, the "redis" extra: only with the Redis backplane
         from redis.cluster import RedisCluster
         kind: Any = RedisCluster if self.cluster else redis.Redis
-        return kind.from_url(self.url, socket_timeout=self.timeout,
+        return kind.from_url(self.url, socket_timeout=self.timeout + blocks,
                              socket_connect_timeout=self.timeout)
 
     def _write_loop(self) -> None:
@@ -288,7 +290,7 @@ class Forwarding:
         while not self._stopped.is_set():
             try:
                 if client is None:
-                    client = self._client()
+                    client = self._client(blocks=READ_BLOCK)
                 found = client.xread(last, block=int(READ_BLOCK * 1000), count=256)
             except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 client = None
