@@ -14,7 +14,6 @@ processes to the server's core, and stops it afterwards. See bench/README.md,
 from __future__ import annotations
 
 import functools
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __main__ as cli
-from .harness import (Server, _cores, _pinned, _rss, default_log_dir, drive, free_port,
+from .harness import (Server, _cores, _pinned, _rss, default_log_dir, drive, free_port, terminate,
                       loadgen_command, snapshot, wait_for_quiet)
 
 
@@ -102,13 +101,7 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not answer within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self._log.close()
 
 

@@ -116,6 +116,17 @@ def snapshot(rev: str) -> tuple[Path, str]:
     return folder, commit
 
 
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` is still there after 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class Server:
     """A bench server, ``bench/servers/<name>.py PORT``, as a child process
     pinned to ``core``; its output goes to ``log_path``. With ``package``
@@ -160,13 +171,7 @@ class Server:
         raise RuntimeError(f"server {self.name} did not listen within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self._log.close()
 
 
