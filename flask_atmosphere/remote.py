@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import gevent
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Queue
+from gevent.threadpool import ThreadPool
 
 from .backplane.forwarding import Forwarding, Holder, binding_hash
 from .protocol import parse_params
@@ -42,6 +43,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Remote"]
 
 log = logging.getLogger("flask_atmosphere")
+
+#: Threads that wait for lookups in Redis (each with a client of its own).
+LOOKUP_THREADS = 4
 
 #: What the holder answers when it does not hold the client (any more).
 GONE = "gone"
@@ -64,6 +68,7 @@ class Remote:
         self.atmosphere = atmosphere
         self.forwarding = forwarding
         self._pending: dict[str, Queue[dict[str, Any]]] = {}
+        self._pool: ThreadPool | None = None  # made on the hub, on first use
         #: The polls served here for other processes, by request id.
         self._serving: dict[str, tuple[Any, Carrier]] = {}
 
@@ -74,17 +79,43 @@ class Remote:
     def stop(self) -> None:
         self.forwarding.stop()
 
+    def lookups(self) -> ThreadPool:
+        """The threads that wait for Redis's answers to lookups, off the hub.
+        Not gevent's default pool: its threads end after 5 s idle, and
+        where gevent patched the standard library a Redis client's sockets
+        die with the thread that made them; these threads never end."""
+        if self._pool is None:
+            self._pool = ThreadPool(LOOKUP_THREADS)  # no idle timeout: threads stay
+        return self._pool
+
+    def _look_up(self, lookup: Callable[[str], Any], key: str) -> Any:
+        """``lookup(key)`` in :meth:`lookups`' threads.
+
+        Raises:
+            redis.RedisError: Redis could not be reached (logged once while
+                it cannot, with the forwarding threads' failures).
+        """
+        def attempt() -> tuple[Any, Exception | None]:
+            try:  # the error travels back as a value: the pool would print it
+                return lookup(key), None
+            except Exception as exc:  # noqa: BLE001
+                return None, exc
+        found, error = self.lookups().apply(attempt)
+        self.forwarding.health("lookups", error)
+        if error is not None:
+            raise error
+        return found
+
     # -- the requester's side ------------------------------------------------------
 
     def holder(self, tracking_id: str) -> Holder | None:
         """The process, not this one, that holds ``tracking_id`` (see
-        ``Holder.alive``), or ``None``. Waits for Redis in gevent's
-        threadpool, never on the hub; a Redis that cannot be reached counts
-        as nobody."""
+        ``Holder.alive``), or ``None``. Waits for Redis in threads of its
+        own (:meth:`lookups`), never on the hub; a Redis that cannot be
+        reached counts as nobody."""
         try:
-            found = gevent.get_hub().threadpool.apply(self.forwarding.holder, (tracking_id,))
-        except Exception as exc:  # noqa: BLE001 -- Redis away: served here, as without it
-            log.warning("could not look up the holder of a client (%s)", exc)
+            found: Holder | None = self._look_up(self.forwarding.holder, tracking_id)
+        except Exception:  # noqa: BLE001 -- Redis away: served here, as without it
             return None
         if found is None or found.node == self.forwarding.node:
             return None
@@ -376,11 +407,10 @@ class Remote:
 
     def _watch_requester(self, node: str, connection: Connection, carrier: Carrier) -> None:
         """End a stream carried by ``node`` once ``node`` is dead."""
-        pool = gevent.get_hub().threadpool
         while True:
             gevent.sleep(self.forwarding.refresh_interval)
             try:
-                alive = pool.apply(self.forwarding.alive, (node,))
+                alive = self._look_up(self.forwarding.alive, node)
             except Exception:  # noqa: BLE001 -- Redis away: nobody can tell; carry on
                 continue
             if not alive:

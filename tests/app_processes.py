@@ -19,10 +19,12 @@ TIMEOUT = 10
 
 
 class AppProcess:
-    """``python tests/backplane_app.py`` with ``url`` and ``config``."""
+    """``python tests/backplane_app.py`` with ``url`` and ``config``, and
+    ``env`` added to its environment."""
 
-    def __init__(self, url: str, **config: object):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
+    def __init__(self, url: str, env: dict[str, str] | None = None, **config: object):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]),
+                   **(env or {}))
         args = [f"{key}={json.dumps(value)}" for key, value in config.items()]
         self.process = subprocess.Popen([sys.executable, str(HERE / "backplane_app.py"), url, *args],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -71,8 +73,8 @@ def app_processes():
     """``start(url, **config)`` starts one more process of the app; all are stopped after."""
     started: list[AppProcess] = []
 
-    def start(url: str, **config: object) -> AppProcess:
-        process = AppProcess(url, **config)
+    def start(url: str, env: dict[str, str] | None = None, **config: object) -> AppProcess:
+        process = AppProcess(url, env, **config)
         started.append(process)
         return process
 

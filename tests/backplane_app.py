@@ -5,19 +5,24 @@
 It serves the recording app of ``test_websocket.py`` (its clients broadcast
 and send on command) on a free port of 127.0.0.1 with the Redis backplane,
 plus ``/push?path=...&msg=...`` (a broadcast from a view) and ``/stats``,
-prints ``PORT <n>`` once it listens, and stops on SIGTERM.
+prints ``PORT <n>`` once it listens, and stops on SIGTERM. The standard
+library is patched by gevent, as in a deployed app.
 """
 from __future__ import annotations
 
-import json
-import logging
-import sys
+from gevent import monkey
 
-from flask import jsonify, request
+monkey.patch_all()  # first, as every entry point of a deployed app does (README, "Serving")
 
-from conftest import Recorder
-from test_websocket import make_app
-from flask_atmosphere.server import AtmosphereServer
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from flask import jsonify, request  # noqa: E402
+
+from conftest import Recorder  # noqa: E402
+from test_websocket import make_app  # noqa: E402
+from flask_atmosphere.server import AtmosphereServer  # noqa: E402
 
 
 def main() -> None:

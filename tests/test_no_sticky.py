@@ -188,14 +188,14 @@ def test_forwarding_says_once_that_it_failed_and_once_that_it_works_again(caplog
     refused = ConnectionRefusedError("Connection refused")
     with caplog.at_level(logging.WARNING, "flask_atmosphere"):
         for _ in range(5):  # both threads retry, each failing again and again
-            forwarding._health("writer", refused)
-            forwarding._health("reader", refused)
-        forwarding._health("writer")
+            forwarding.health("writer", refused)
+            forwarding.health("reader", refused)
+        forwarding.health("writer")
         assert [r.getMessage() for r in caplog.records] == [
             "forwarding requests between processes failed (Connection refused): clients held by"
             " other processes are served here until Redis is back"]
-        forwarding._health("reader")
-        forwarding._health("reader")
+        forwarding.health("reader")
+        forwarding.health("reader")
     assert [r.getMessage() for r in caplog.records][1:] == [
         "forwarding requests between processes works again"]
 
@@ -220,3 +220,20 @@ def test_thousands_of_clients_leave_redis_as_it_was(redis_server, app_processes)
         memory.append(r.info("memory")["used_memory"])
     assert memory[2] <= memory[0] + 256 * 1024
     assert one.stats()["disconnects"] == {"timeout": 2100}
+
+
+def test_a_quiet_moment_changes_nothing(redis_server, app_processes):
+    """Where gevent patched the standard library (as in these processes),
+    a Redis client's sockets belong to the thread that made them: the
+    lookups of who holds a client must still work after the app was quiet
+    long enough for gevent's own pool to end its idle threads."""
+    quick_pool = {"GEVENT_THREADPOOL_IDLE_TASK_TIMEOUT": "0.1"}
+    one, two = (app_processes(redis_server.url, env=quick_pool, **QUICK) for _ in range(2))
+    wait_up(one, two)
+    client = PollClient(one.base, "/chat")
+    assert json.loads(on(client, two).poll()[0])["hello"] == client.uuid
+    for i in range(3):
+        time.sleep(0.5)  # quiet: idle threads of gevent's pool end
+        one.push("/chat", f"m{i}")
+        assert on(client, (two, one)[i % 2]).poll() == [f"m{i}"]
+    assert one.stats()["connects"] == 1 and two.stats().get("connects", 0) == 0

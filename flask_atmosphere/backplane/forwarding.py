@@ -23,7 +23,7 @@ What this module keeps in Redis, under the app's prefix, each with a TTL:
 
 Redis is used from two native threads (a writer and a reader) and from the
 callers of :meth:`Forwarding.holder` (a blocking lookup: run it off the hub,
-e.g. in gevent's threadpool), never from the gevent loop. Requests and
+in threads of their own), never from the gevent loop. Requests and
 replies are handed to the hub by the ``hand`` function given to
 :meth:`Forwarding.start`.
 """
@@ -45,8 +45,8 @@ __all__ = ["Forwarding", "Holder", "binding_hash"]
 
 log = logging.getLogger("flask_atmosphere.backplane")
 
-_Thread, _Condition, _Lock, _Event = (get_original("threading", name)
-                                      for name in ("Thread", "Condition", "Lock", "Event"))
+_Thread, _Condition, _Lock, _Event, _local = (
+    get_original("threading", name) for name in ("Thread", "Condition", "Lock", "Event", "local"))
 
 #: Entries kept at most in a process's inbox and replies streams.
 STREAM_MAX_LENGTH = 10_000
@@ -105,7 +105,7 @@ class Forwarding:
         self._hand: Callable[..., None] | None = None
         self._on_request: Callable[[dict[str, Any]], None] = lambda message: None
         self._on_reply: Callable[[dict[str, Any]], None] = lambda message: None
-        self._lookup: Any = None  # the client of holder(), made on first use
+        self._lookups = _local()  # each thread's client for holder() and alive()
         self._threads: list[Any] = []
         self._failing: set[str] = set()  # the threads that cannot reach Redis now
 
@@ -178,9 +178,8 @@ class Forwarding:
         Raises:
             redis.RedisError: Redis could not be reached.
         """
-        if self._lookup is None:
-            self._lookup = self._client()
-        raw = self._lookup.get(self.client_key(uuid))
+        lookup = self._lookup_client()
+        raw = lookup.get(self.client_key(uuid))
         if raw is None:
             return None
         try:
@@ -189,7 +188,7 @@ class Forwarding:
         except (ValueError, KeyError, TypeError):
             log.warning("a malformed directory entry for a client was skipped: %.60r", raw)
             return None
-        alive = node == self.node or bool(self._lookup.exists(self.node_key(node)))
+        alive = node == self.node or bool(lookup.exists(self.node_key(node)))
         return Holder(str(node), str(path), binding, alive)
 
     def alive(self, node: str) -> bool:
@@ -199,9 +198,16 @@ class Forwarding:
         Raises:
             redis.RedisError: Redis could not be reached.
         """
-        if self._lookup is None:
-            self._lookup = self._client()
-        return bool(self._lookup.exists(self.node_key(node)))
+        return bool(self._lookup_client().exists(self.node_key(node)))
+
+    def _lookup_client(self) -> Any:
+        """The calling thread's own client for lookups: where gevent patched
+        the standard library, a client's sockets belong to the thread
+        (its hub) that made them."""
+        client = getattr(self._lookups, "client", None)
+        if client is None:
+            client = self._lookups.client = self._client()
+        return client
 
     # -- threads -------------------------------------------------------------------
 
@@ -235,28 +241,28 @@ class Forwarding:
                 pipe.execute()
             except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 client = None
-                self._health("writer", exc)
+                self.health("writer", exc)
                 self._stopped.wait(min(self.refresh_interval, 1.0))
                 continue
-            self._health("writer")
+            self.health("writer")
             if claims is not None:
                 refreshed = monotonic()
             with self._lock:
                 for _ in commands:
                     self._commands.popleft()
 
-    def _health(self, thread: str, why: BaseException | None = None) -> None:
-        """``thread`` reached Redis, or failed to (``why``): logged once
-        when forwarding stops working, once when it works again; the
-        threads retry meanwhile."""
+    def health(self, part: str, why: BaseException | None = None) -> None:
+        """``part`` (a thread, or the lookups) reached Redis, or failed to
+        (``why``): logged once when forwarding stops working, once when it
+        works again; the parts retry meanwhile."""
         if why is None and not self._failing:
             return
         with self._lock:
             was = not self._failing
             if why is None:
-                self._failing.discard(thread)
+                self._failing.discard(part)
             else:
-                self._failing.add(thread)
+                self._failing.add(part)
             now = not self._failing
         if was and not now:
             log.warning("forwarding requests between processes failed (%s): clients held by "
@@ -294,10 +300,10 @@ class Forwarding:
                 found = client.xread(last, block=int(READ_BLOCK * 1000), count=256)
             except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 client = None
-                self._health("reader", exc)
+                self.health("reader", exc)
                 self._stopped.wait(min(self.refresh_interval, 1.0))
                 continue
-            self._health("reader")
+            self.health("reader")
             for stream, entries in found or []:
                 name = stream.decode() if isinstance(stream, bytes) else stream
                 handle = self._on_request if name == inbox else self._on_reply
