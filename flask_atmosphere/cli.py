@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import logging
 
+    import gevent
     from flask.helpers import get_debug_flag
     from werkzeug._reloader import run_with_reloader  # what Werkzeug's run_simple uses
 
@@ -83,6 +84,15 @@ def main(argv: list[str] | None = None) -> None:
                 raise click.ClickException(
                     f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
             server.serve_forever()  # it says where it serves
+            if reload:
+                # Under the reloader this runs in a thread (a greenlet, gevent
+                # patched) beside the file watcher, which would go on alone:
+                # the process ends with the server (the watcher's main
+                # greenlet exits), and the reloader's parent, which waits for
+                # it, ends with it.
+                main = gevent.get_hub().parent
+                assert main is not None  # the hub's parent: the main greenlet
+                main.throw(SystemExit(0))
 
         if reload:
             run_with_reloader(run)

@@ -11,6 +11,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import pytest
 import requests
 
 from conftest import ATMOSPHERE_PARAMS, TIMEOUT, WSClient
@@ -43,7 +44,8 @@ def start(tmp_path: Path, *command: str) -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path.cwd())]))
     process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "slowapp", *command,
                                 "--port", str(port)], cwd=tmp_path, env=env,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its own process group, as a terminal's
     assert process.stderr is not None
     for line in process.stderr:  # until it says it listens
         if "serving on" in line or "Running on" in line:
@@ -74,6 +76,30 @@ def test_flask_atmosphere_run_serves_with_the_standard_library_patched(tmp_path)
     finally:
         if process.poll() is None:
             process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm to the server"])
+def test_with_the_reloader_a_stop_ends_every_process(tmp_path, stop):
+    """``--reload`` runs the server in a child process, beside a file
+    watcher, under a parent that restarts it: Ctrl-C (SIGINT to the
+    terminal's process group), or SIGTERM to the server's process, ends
+    them all."""
+    process, port = start(tmp_path, "atmosphere", "run", "--reload")
+    try:
+        assert requests.get(f"http://127.0.0.1:{port}/slow", timeout=TIMEOUT).ok
+        if stop == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            server = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
+                                    text=True, check=True).stdout.split()
+            os.kill(int(server[0]), signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0  # the parent, which waited for its child
+        with pytest.raises(ProcessLookupError):  # and nothing of the group is left
+            os.killpg(process.pid, 0)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
