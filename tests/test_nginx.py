@@ -99,10 +99,13 @@ def nginx_conf(tmp: Path, port: int, upstream: int, cert: Path, key: Path,
     block = substitute(block, "listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
     block = substitute(block, "proxy_pass http://127.0.0.1:8080;",
                        f"proxy_pass http://127.0.0.1:{upstream};")
-    for directive, path in (("ssl_certificate", cert), ("ssl_certificate_key", key)):
-        template = "\\g<1>" + str(path).replace("\\", "\\\\") + ";"
-        block, found = re.subn(rf"^(\s*{directive}\s+)\S+;$", template, block, flags=re.M)
+    for directive, path in (("ssl_certificate", cert), ("ssl_certificate_key", key),
+                            ("access_log", tmp / "access.log")):
+        template = "\\g<1>" + str(path).replace("\\", "\\\\")  # the path; the rest stays
+        block, found = re.subn(rf"^(\s*{directive}\s+)[^\s;]+(?=[ ;])", template, block,
+                               flags=re.M)
         assert found == 1, f"the README's nginx block should name its {directive} once"
+    assert "log_format no_query" in block  # what its access_log refers to
     temp = "\n".join(f"{kind}_temp_path {tmp / kind};"
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""
@@ -434,7 +437,7 @@ def test_a_broadcast_goes_through_nginx_at_once(proxied: Callable[..., Proxied],
 
 
 def test_with_proxy_fix_a_page_of_the_https_origin_is_admitted_on_every_transport(
-        proxied: Callable[..., Proxied]) -> None:
+        proxied: Callable[..., Proxied], tmp_path: Path) -> None:
     behind = proxied(proxy_fix=True)
     ws = behind.websocket()
     assert "Secure" in (ws.ws.getheaders() or {})["set-cookie"]
@@ -456,6 +459,10 @@ def test_with_proxy_fix_a_page_of_the_https_origin_is_admitted_on_every_transpor
     assert behind.flask_calls[0] == reached_flask  # answered in front of Flask, behind ProxyFix
     # Four clients, each from the address nginx saw, not the one the page claimed.
     assert [opening.remote_addr for opening in behind.seen] == ["127.0.0.1"] * 4
+    # nginx logged the polls without their query strings: no tracking id.
+    logged = (tmp_path / "nginx0" / "access.log").read_text()
+    assert logged.count('"GET /feed HTTP/1.1" 200') >= 3 and "?" not in logged
+    assert poller.uuid not in logged
 
 
 def test_without_proxy_fix_the_same_page_is_refused_on_every_transport_and_logged(
