@@ -25,7 +25,8 @@ _EXPORTS = {
     "JsonMessage": "events", "MessagesLost": "events",
     "ClientFilter": "filters", "Everyone": "filters", "SkipSelf": "filters",
     "OnlySelf": "filters", "Predicate": "filters", "Uuids": "filters",
-    "client_filter": "filters",
+    "client_filter": "filters", "FilterError": "filters",
+    "MailboxFull": "mailbox",
     "Emitter": "emitter",
     "WireFormat": "wire", "JsonWireFormat": "wire", "TextWireFormat": "wire",
 }
@@ -40,8 +41,9 @@ if TYPE_CHECKING:  # pragma: no cover  (names for type checkers: __all__ has the
                          JsonMessage, MessagesLost, ServerDisconnected, TextMessage)
     from .extension import Atmosphere  # noqa: F401
     from .emitter import Emitter  # noqa: F401
-    from .filters import (ClientFilter, Everyone, OnlySelf, Predicate, SkipSelf,  # noqa: F401
-                          Uuids, client_filter)
+    from .filters import (ClientFilter, Everyone, FilterError, OnlySelf,  # noqa: F401
+                          Predicate, SkipSelf, Uuids, client_filter)
+    from .mailbox import MailboxFull  # noqa: F401
     from .wire import JsonWireFormat, TextWireFormat, WireFormat  # noqa: F401
 
 
