@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 from functools import partial
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import gevent
@@ -170,8 +171,6 @@ class Remote:
         (``environ``'s socket, or a failed write), the holder is told: its
         poll takes nothing more from the mailbox, its stream ends."""
         rid, replies = self.ask(holder, kind, uuid, **payload)
-        wait = settings.heartbeat_interval + 2 * self.forwarding.timeout \
-            + self.forwarding.refresh_interval + 1
 
         def left() -> None:
             self.forwarding.send(holder.node, {"kind": "cancel", "rid": rid,
@@ -184,11 +183,10 @@ class Remote:
             try:
                 write = None
                 while True:
-                    try:
-                        part = replies.get(timeout=wait)
-                    except Empty:
-                        log.warning("the holder %s of client %s did not answer a %s in %.0fs",
-                                    holder.node, uuid, kind, wait)
+                    part = self._next_part(replies, holder, settings)
+                    if part is None:
+                        log.warning("the holder %s of client %s stopped answering a %s",
+                                    holder.node, uuid, kind)
                         if write is None:
                             start_response("504 Gateway Timeout", own)
                         return []
@@ -215,6 +213,28 @@ class Remote:
                 stop_watching()
                 self.close(rid)
         return respond
+
+    def _next_part(self, replies: "Queue[dict[str, Any]]", holder: Holder,
+                   settings: "Settings") -> dict[str, Any] | None:
+        """The holder's next reply; ``None`` once it is dead (its liveness
+        key expired: checked every ``ATMOSPHERE_REDIS_PROBE_INTERVAL``) or
+        silent for longer than a heartbeat interval and a few Redis round
+        trips, whichever comes first."""
+        deadline = monotonic() + settings.heartbeat_interval + 2 * self.forwarding.timeout \
+            + self.forwarding.refresh_interval + 1
+        while True:
+            left = deadline - monotonic()
+            try:
+                return replies.get(timeout=max(0.0, min(self.forwarding.refresh_interval, left)))
+            except Empty:
+                pass
+            if left <= self.forwarding.refresh_interval:
+                return None
+            try:
+                if not self._look_up(self.forwarding.alive, holder.node):
+                    return None
+            except Exception:  # noqa: BLE001 -- Redis away: nobody can tell; wait on
+                pass
 
     def _on_reply(self, message: dict[str, Any]) -> None:
         replies = self._pending.get(str(message.get("rid")))
@@ -344,8 +364,6 @@ class Remote:
         rid, replies = self.ask(holder, "stream", uuid, transport="websocket", args=args,
                                 headers=headers)
         lock = Semaphore()
-        wait = settings.heartbeat_interval + 2 * self.forwarding.timeout \
-            + self.forwarding.refresh_interval + 1
 
         def send(frame: bytes) -> None:
             with lock:
@@ -353,10 +371,7 @@ class Remote:
 
         def downstream() -> None:
             while True:
-                try:
-                    part = replies.get(timeout=wait)
-                except Empty:
-                    part = {GONE: True}
+                part = self._next_part(replies, holder, settings) or {GONE: True}
                 try:
                     if part.get(GONE):
                         send(close_frame(1011, "the client's holder did not answer"))

@@ -237,3 +237,22 @@ def test_a_quiet_moment_changes_nothing(redis_server, app_processes):
         one.push("/chat", f"m{i}")
         assert on(client, (two, one)[i % 2]).poll() == [f"m{i}"]
     assert one.stats()["connects"] == 1 and two.stats().get("connects", 0) == 0
+
+
+def test_a_request_for_a_client_of_a_dead_process_waits_no_longer_than_its_death_shows(
+        redis_server, app_processes):
+    """A poll sent on to a holder that was just killed is answered once the
+    holder's liveness key has expired (three probe intervals, 1.5 s here),
+    not after a heartbeat interval (20 s here); the next poll takes over."""
+    one, two = (app_processes(redis_server.url, ATMOSPHERE_HEARTBEAT_INTERVAL=20)
+                for _ in range(2))
+    wait_up(one, two)
+    client = PollClient(one.base, "/chat")
+    assert json.loads(client.poll()[0])["hello"] == client.uuid
+    one.kill()
+    started = time.monotonic()
+    response = on(client, two).http.get(client.url, params=client.query(), timeout=TIMEOUT)
+    assert response.status_code == 504
+    assert time.monotonic() - started < 5
+    hello = json.loads(client.poll()[0])
+    assert hello == {"hello": client.uuid, "room": None, "takeover": True}
