@@ -32,8 +32,10 @@ class ChatClient(AtmosphereClient):
 
     def receive(self, event):
         match event:
-            case Connected():
+            case Connected(takeover=False):
                 self.broadcast(chat_line(self.name, "joined the room", event="joined"), to=Everyone)
+            case Connected():  # taken over from a process that stopped: no news to the room
+                pass
             case Disconnected(ClientDisconnected()):
                 self.broadcast(chat_line(self.name, "has left the room", event="left"), to=Everyone)
             case Disconnected(ServerDisconnected()):

@@ -47,6 +47,9 @@ class Broadcast:
     #: For one shard's copy of a broadcast that spans shards (a backplane's):
     #: ``(shard, shards)``; it reaches only the clients of that shard.
     shard: tuple[int, int] | None = None
+    #: Where a backplane's shard stream holds it: ``(shard, epoch, entry id)``
+    #: (the Redis backplane's, as it hands it on); ``None`` otherwise.
+    position: tuple[int, str, str] | None = None
 
     def for_shard(self, shard: int, shards: int) -> "Broadcast":
         """This broadcast as shard ``shard`` of ``shards`` carries it."""

@@ -68,6 +68,9 @@ class Broadcaster:
         #: Clients whose mailbox is past half its bound, with the time by
         #: which it must be below it again (see :meth:`relieve`).
         self._pressed: dict["Connection", float] = {}
+        #: Per shard of the backplane, where the last broadcast fanned out
+        #: here stands in the shard's stream: ``(epoch, entry id)``.
+        self.positions: dict[int, tuple[str, str]] = {}
         backplane.start(self.deliver_threadsafe, self.lost_threadsafe, count)
 
     def use(self, backplane: "Backplane", forked: bool = False) -> None:
@@ -241,6 +244,10 @@ class Broadcaster:
                 batch.append(following)
                 size += _size(following.message)
             j = i + len(batch)
+            for sent in batch:
+                if sent.position is not None:
+                    shard, epoch, entry_id = sent.position
+                    self.positions[shard] = (epoch, entry_id)
             try:
                 delivered = fan_out(self.registry, batch)
                 if self._count is not None:

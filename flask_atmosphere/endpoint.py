@@ -28,6 +28,7 @@ from .environ import GEVENT_WEBSOCKET_KEY, UPGRADE_KEY
 from .protocol import (PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, new_tracking_id,
                        parse_params, protocol_headers)
 from .broadcast import path_key
+from . import handover as handover_
 from . import lean
 from .remote import GONE, HolderSilent, Remote
 from .transports import longpolling, sse, streaming, websocket
@@ -230,13 +231,14 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
     if isinstance(decision, Refusal):
         return _refuse(decision, upgraded)
     holder = _held_elsewhere(atmosphere, chosen) if existing is None else None
-    takeover = False
+    takeover, handover = False, None  # handover: what a process that stopped left for it
     if holder is not None and not _may_act(settings, holder):
         # Held elsewhere, and this request may not act for it: a client of
         # its own, as a held client's tracking id gets here.
         holder, decision = None, Open(None)
-    elif holder is not None and not holder.alive:  # its process died: this one takes over
-        holder, takeover = None, True
+    elif holder is not None and (not holder.alive or holder.handover is not None):
+        # Its process died, or stopped and handed it over: this one takes over.
+        handover, holder, takeover = holder.handover, None, True
     refused = app_refusal(atmosphere, settings, new=existing is None and holder is None)
     if refused is not None:
         atmosphere.counters.add("refused")
@@ -262,9 +264,13 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
         connection.takeover = takeover
         if transport == "sse":
             connection.keep_history()
+        if handover is not None and atmosphere.remote is not None:
+            handover_.go_on(atmosphere.remote, connection, handover)  # then open, no yield
         refused = connection.open()
         if refused is not None:
             return _refuse(refused, upgraded)
+        if handover is not None:
+            connection.resume(params, offset)  # what it got of the restored mailbox
     if transport == "websocket":
         return _websocket(connection, new, upgraded, cookies)
     response: Response
@@ -357,7 +363,8 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
     holder = _held_elsewhere(atmosphere, chosen) if existing is None else None
     if holder is not None and not _may_act(settings, holder):
         holder, decision = None, Open(None)  # as a held client's tracking id gets here
-    takeover = holder is not None and not holder.alive
+    takeover = holder is not None and (not holder.alive or holder.handover is not None)
+    handover = holder.handover if holder is not None and takeover else None
     if takeover:
         holder = None
     refused = app_refusal(atmosphere, settings, new=existing is None and holder is None)
@@ -378,6 +385,8 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
                                           decision.uuid if isinstance(decision, Open) else None,
                                           params.transport or "polling", can_set_cookie=True)
     connection.takeover = takeover
+    if handover is not None and atmosphere.remote is not None:
+        handover_.go_on(atmosphere.remote, connection, handover)  # then open, no yield
     refused = connection.open()
     if refused is not None:
         return refusal_response(refused)

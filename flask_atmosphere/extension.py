@@ -14,7 +14,10 @@ import sys
 import weakref
 from collections import Counter
 from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import gevent
 
 from flask import Blueprint, Flask, Response, current_app, has_request_context, jsonify
 from flask.ctx import RequestContext
@@ -385,7 +388,10 @@ class Atmosphere:
 
     def shutdown(self, timeout: float = 5.0) -> bool:
         """Close every connection: WebSocket close 1001 after what is queued,
-        and each client gets ``Disconnected(ServerDisconnected())``. Waits up
+        and each client gets ``Disconnected(ServerDisconnected())``. With the
+        Redis backplane each client is handed over instead (``handover.py``):
+        closed at once, and taken over, with what it had not received, by
+        the process its next request reaches. Waits up
         to ``timeout`` seconds for the peers to answer, then cuts the
         connections that did not, and returns within about a second more.
         Call it on the serving hub's thread.
@@ -394,13 +400,22 @@ class Atmosphere:
             ``True`` if every connection ended.
         """
         self.closing = True
+        remote = self.remote
+        if remote is not None:  # the Redis backplane: each client is handed over
+            from .handover import hand_over_all
+            hand_over_all(self, remote)
         for connection in self.registry:
             connection.close(1001, "server shutdown")
-        if self.registry.wait_empty(timeout):
-            return True
-        for connection in self.registry:
-            connection.abort()
-        return self.registry.wait_empty(1.0)
+        ended = self.registry.wait_empty(timeout)
+        if not ended:
+            for connection in self.registry:
+                connection.abort()
+            ended = self.registry.wait_empty(1.0)
+        if remote is not None:  # the handovers written before the process goes
+            deadline = monotonic() + remote.forwarding.timeout
+            while remote.forwarding.unwritten() and monotonic() < deadline:
+                gevent.sleep(0.01)  # the writer is a thread of its own: nothing to await
+        return ended
 
     def run(self, app: Flask, host: str = "127.0.0.1", port: int = 8080) -> None:
         """Serve ``app`` on gevent's pywsgi with WebSocket support until

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from time import monotonic
+from typing import Any
 
 from gevent.event import Event
 
@@ -363,6 +364,39 @@ class Mailbox:
         """End a pending :meth:`take` early (it returns ``[]``)."""
         previous, self._event = self._event, Event()
         previous.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What another process needs to go on with this mailbox (a handover,
+        ``remote.py``), as JSON: the next sequence number, the history
+        (sent, kept for a resume) and the queue (not sent yet), each as
+        ``[seq, text]`` pairs, oldest first."""
+        return {"next": self.next_seq,
+                "kept": [[seq, message.text] for seq, message in self._history],
+                "queued": [[seq, message.text] for seq, message in self._queue]}
+
+    def restore(self, snapshot: Any) -> None:
+        """Go on from another process's :meth:`snapshot` (before anything is
+        queued here). The history is kept for a :meth:`resume` only if this
+        mailbox keeps one (:attr:`keep`); beyond the bounds, the oldest goes.
+
+        Raises:
+            ValueError: ``snapshot`` is not one (nothing is changed).
+        """
+        try:
+            next_seq = int(snapshot["next"])
+            kept = [(int(seq), Outbound(str(text))) for seq, text in snapshot["kept"]]
+            queued = [(int(seq), Outbound(str(text))) for seq, text in snapshot["queued"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a mailbox snapshot: {exc}") from None
+        self.next_seq = next_seq
+        self._history.clear()
+        self._history_bytes = 0
+        if self.keep and self.history_messages:
+            self._kept(kept)
+        self._queue.extend(queued)
+        self._bytes += sum(message.size for _, message in queued)
+        if self._queue:
+            self._event.set()
 
     def close(self, request: CloseRequest) -> bool:
         """Close the mailbox; the transport then ends the connection as

@@ -87,7 +87,7 @@ def test_with_the_reloader_a_stop_ends_every_process(tmp_path, stop):
     them all."""
     process, port = start(tmp_path, "atmosphere", "run", "--reload")
     try:
-        assert requests.get(f"http://127.0.0.1:{port}/slow", timeout=TIMEOUT).ok
+        assert requests.get(f"http://127.0.0.1:{port}/none", timeout=TIMEOUT).status_code == 404
         if stop == "ctrl-c":
             os.killpg(process.pid, signal.SIGINT)
         else:

@@ -133,3 +133,40 @@ def test_long_polling_on_three_workers_without_sticky_sessions(gunicorn, redis_s
     assert forwarded > 0
     process.send_signal(signal.SIGTERM)
     assert process.wait(TIMEOUT) == 0
+
+
+def test_a_reload_with_hup_hands_the_clients_over_to_the_new_worker(gunicorn, redis_server):
+    """``kill -HUP`` on gunicorn's master (a deploy): a new worker boots,
+    the old one stops and hands its clients over; a long-polling client's
+    next poll, on the new worker, gets what was queued for it and what was
+    published meanwhile, in order, once (and the demo announces no second
+    join: it knows a takeover)."""
+    process, port, _ = gunicorn(1, FLASK_ATMOSPHERE_BACKPLANE=redis_server.url,
+                                FLASK_ATMOSPHERE_REDIS_PROBE_INTERVAL="0.5")
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # the worker boots after the master said so
+        try:
+            reader = PollClient(base, "/the-chat?name=reader", acks=True)
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert json.loads(reader.poll()[0])["message"] == "joined the room"
+    writer = PollClient(base, "/the-chat?name=writer")
+    writer.post(json.dumps({"author": "writer", "message": "before"}))
+    process.send_signal(signal.SIGHUP)
+    exiting = booted = False
+    for line in process.stderr:  # the new worker boots, then the old one exits
+        booted = booted or "Booting worker" in line
+        exiting = exiting or "Worker exiting" in line
+        if booted and exiting:
+            break
+    writer.post(json.dumps({"author": "writer", "message": "during"}))  # taken over too
+    lines = [json.loads(text) for text in reader.poll_until(3)]
+    assert [(line["author"], line["message"]) for line in lines] == [
+        ("writer", "joined the room"), ("writer", "before"), ("writer", "during")]
+    writer.post(json.dumps({"author": "writer", "message": "after"}))
+    assert json.loads(reader.poll()[0])["message"] == "after"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(TIMEOUT) == 0

@@ -2,6 +2,7 @@
 request of a client holds back the next take, so that what that write puts
 back, if it fails, still goes out first and in order."""
 import gevent
+import pytest
 
 from flask_atmosphere.mailbox import CloseRequest, Mailbox, Outbound
 
@@ -86,3 +87,38 @@ def test_a_resume_leaves_the_batch_going_out_in_flight_and_queues_nothing_twice(
     assert mailbox.take(0) == []  # "one" is still going out on the old request
     mailbox.requeue(earlier)  # which failed
     assert seqs(mailbox.take(0)) == [1, 2]
+
+
+def test_a_snapshot_restored_elsewhere_goes_on_where_the_client_is():
+    """A handover: what was sent (kept) and what was not (queued) go on in
+    another mailbox, with their sequence numbers; a resume there re-sends
+    just what the client had not got."""
+    old = mailbox_with("a", "b", "c")
+    old.keep = True
+    taken = old.take(0, limit=2)  # "a" and "b" sent, "c" still queued
+    old.written()
+    snapshot = old.snapshot()
+    assert snapshot == {"next": 4, "kept": [[1, "a"], [2, "b"]], "queued": [[3, "c"]]}
+    new = Mailbox(10, 1 << 20, history_messages=10, history_bytes=1 << 20)
+    new.keep = True
+    new.restore(snapshot)
+    assert new.resume(1) == 0  # the client got "a" only
+    assert [(seq, m.text) for seq, m in new.take(0)] == [(2, "b"), (3, "c")]
+    new.written()
+    assert new.put(Outbound("d")) and seqs(new.take(0)) == [4]  # numbering goes on
+    assert seqs(taken) == [1, 2]
+
+
+def test_a_snapshot_restored_where_no_history_is_kept_sends_only_the_unsent():
+    new = Mailbox(10, 1 << 20)
+    new.restore({"next": 4, "kept": [[1, "a"], [2, "b"]], "queued": [[3, "c"]]})
+    assert [(seq, m.text) for seq, m in new.take(0)] == [(3, "c")]
+
+
+def test_what_is_not_a_snapshot_is_refused_and_changes_nothing():
+    mailbox = mailbox_with("x")
+    for bad in (None, {}, {"next": "n", "kept": [], "queued": []},
+                {"next": 2, "kept": [[1]], "queued": []}):
+        with pytest.raises(ValueError, match="not a mailbox snapshot"):
+            mailbox.restore(bad)
+    assert seqs(mailbox.take(0)) == [1] and mailbox.next_seq == 2

@@ -68,11 +68,14 @@ class Holder:
         path: the client's broadcaster path.
         binding: the SHA-256 of its resume key, or ``None`` (not bound).
         alive: the holding process's liveness key is there.
+        handover: what the holder left for whichever takes the client over,
+            when it stopped gracefully (``Remote.hand_over``); ``None`` else.
     """
     node: str
     path: str
     binding: str | None
     alive: bool
+    handover: dict[str, Any] | None = None
 
 
 class Forwarding:
@@ -108,6 +111,7 @@ class Forwarding:
         self._lookups = _local()  # each thread's client for holder() and alive()
         self._threads: list[Any] = []
         self._failing: set[str] = set()  # the threads that cannot reach Redis now
+        self._handed: set[str] = set()  # claims handed over: not deleted on release
 
     # -- keys --------------------------------------------------------------------
 
@@ -157,12 +161,37 @@ class Forwarding:
             self._commands.append(("set", self.client_key(uuid), entry, ttl))
             self._wake.notify()
 
-    def release(self, uuid: str) -> None:
-        """This process holds ``uuid`` no more: its directory entry goes."""
+    def hand_over(self, uuid: str, handover: dict[str, Any]) -> None:
+        """This process stops (gracefully) and leaves ``uuid`` to whichever
+        takes it over: its directory entry carries ``handover`` (what the
+        taker needs, as JSON) and, once released (:meth:`release`), lives on
+        for the rest of its time-to-live (the grace period) instead of going."""
         with self._lock:
-            if self._claims.pop(uuid, None) is not None:
+            claim = self._claims.get(uuid)
+            if claim is None:
+                return
+            entry = simplejson.loads(claim[0]) | {"handover": handover}
+            text = simplejson.dumps(entry)
+            self._claims[uuid] = (text, claim[1])
+            self._handed.add(uuid)
+            self._commands.append(("set", self.client_key(uuid), text, claim[1]))
+            self._wake.notify()
+
+    def release(self, uuid: str) -> None:
+        """This process holds ``uuid`` no more: its directory entry goes
+        (unless it was handed over: then it stays for the taker)."""
+        with self._lock:
+            if self._claims.pop(uuid, None) is not None and uuid not in self._handed:
                 self._commands.append(("del", self.client_key(uuid)))
                 self._wake.notify()
+            self._handed.discard(uuid)
+
+    def unwritten(self) -> int:
+        """How many commands wait to be written to Redis; the writer is
+        woken to write them (before a stop, its caller waits for 0)."""
+        with self._lock:
+            self._wake.notify()
+            return len(self._commands)
 
     def send(self, node: str, message: dict[str, Any], reply: bool = False) -> None:
         """Append ``message`` to ``node``'s inbox (``reply``: to its replies), in order."""
@@ -185,11 +214,14 @@ class Forwarding:
         try:
             entry = simplejson.loads(raw)
             node, path, binding = entry["node"], entry["path"], entry["binding"]
-        except (ValueError, KeyError, TypeError):
+            handover = entry.get("handover")
+            if handover is not None and not isinstance(handover, dict):
+                raise ValueError("a handover is an object")
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("a malformed directory entry for a client was skipped: %.60r", raw)
             return None
         alive = node == self.node or bool(lookup.exists(self.node_key(node)))
-        return Holder(str(node), str(path), binding, alive)
+        return Holder(str(node), str(path), binding, alive, handover)
 
     def alive(self, node: str) -> bool:
         """Whether ``node``'s liveness key is there: a blocking Redis read,
@@ -199,6 +231,34 @@ class Forwarding:
             redis.RedisError: Redis could not be reached.
         """
         return bool(self._lookup_client().exists(self.node_key(node)))
+
+    def stream_after(self, stream: str, after: str) -> list[tuple[str, bytes]]:
+        """The entries of ``stream`` (a shard's) after the entry id ``after``,
+        as ``(entry id, data)``, oldest first: a blocking Redis read, never
+        to be called on the hub.
+
+        Raises:
+            redis.RedisError: Redis could not be reached.
+        """
+        entries = self._lookup_client().xrange(stream, "(" + after, "+")
+        return [(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+                 fields.get(b"d", b"")) for entry_id, fields in entries]
+
+    def stream_top(self, stream: str, meta: str) -> tuple[str, str] | None:
+        """Where a shard stands now: ``(epoch, id of its last entry)``, or
+        ``None`` if it has none: a blocking Redis read, never on the hub.
+
+        Raises:
+            redis.RedisError: Redis could not be reached.
+        """
+        client = self._lookup_client()
+        epoch = client.hget(meta, "e")
+        last = client.xrevrange(stream, "+", "-", count=1)
+        if epoch is None or not last:
+            return None
+        entry_id = last[0][0]
+        return (epoch.decode() if isinstance(epoch, bytes) else str(epoch),
+                entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
 
     def _lookup_client(self) -> Any:
         """The calling thread's own client for lookups: where gevent patched

@@ -36,6 +36,7 @@ import os
 import random
 import secrets
 from collections import OrderedDict, deque
+from dataclasses import replace
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
@@ -136,6 +137,9 @@ class RedisBackplane(Backplane):
         self._wake = _Condition(self._lock)
         self._seen: OrderedDict[tuple[int, str], None] = OrderedDict()
         self._states: dict[int, _ShardState] = {}
+        #: Per shard, where this process began to hand publications on
+        #: (``(epoch, offset)``): the later ones reach its hub, not these.
+        self._starts: dict[int, tuple[str, int]] = {}
         self._stopped = _Event()
         self._deliver: Callable[[Broadcast], None] | None = None
         self._lost: Callable[[int, int, int | None], None] | None = None
@@ -216,6 +220,21 @@ class RedisBackplane(Backplane):
     def _hand(self, broadcast: "Broadcast") -> None:
         if self._deliver is not None:
             self._deliver(broadcast)
+
+    def position(self, shard: int) -> tuple[str, str] | None:
+        """Where the subscriber stands in ``shard``'s stream: ``(epoch,
+        entry id)`` of the last publication it handed on, if it knows."""
+        state = self._states.get(shard)
+        if state is None or state.entry_id is None:
+            return None
+        return state.epoch, state.entry_id
+
+    def start_of(self, shard: int) -> tuple[str, int] | None:
+        """``(epoch, offset)``: the publications of ``shard`` after this
+        offset are handed on to this process's hub, those up to it never
+        are (they came before it subscribed, or before Redis lost its
+        data); ``None`` before it learnt where the shard stands."""
+        return self._starts.get(shard)
 
     def forked(self) -> "RedisBackplane":
         """A backplane with this one's settings, for the child of a fork
@@ -447,6 +466,7 @@ class RedisBackplane(Backplane):
             state = self._states.get(shard)
             if state is None:  # a first start: from now on
                 self._states[shard] = _ShardState(epoch_text, top, None)
+                self._starts[shard] = (epoch_text, top)
                 continue
             if state.epoch != epoch_text:
                 self._history_lost(shard, epoch_text)
@@ -464,6 +484,7 @@ class RedisBackplane(Backplane):
         if state is None:
             state = self._states[shard] = _ShardState(publication.epoch, publication.offset - 1,
                                                       None)
+            self._starts[shard] = (publication.epoch, publication.offset - 1)
         elif state.epoch != publication.epoch:
             self._history_lost(shard, publication.epoch)
             state = self._states[shard]
@@ -519,7 +540,7 @@ class RedisBackplane(Backplane):
             return
         if here:
             return  # delivered here already, while Redis was away
-        broadcast = envelope.broadcast
+        broadcast = replace(envelope.broadcast, position=(shard, state.epoch, entry_id))
         if self.shards > 1 and not broadcast.exact and broadcast.path.strip("/") == "":
             broadcast = broadcast.for_shard(shard, self.shards)
         self._hand(broadcast)
@@ -532,6 +553,7 @@ class RedisBackplane(Backplane):
                     "shard get MessagesLost", shard)
         self._count("backplane_epochs", 1)
         self._states[shard] = _ShardState(epoch, 0, None)
+        self._starts[shard] = (epoch, 0)
         if self._lost is not None:
             self._lost(shard, self.shards, None)
 
