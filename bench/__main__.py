@@ -155,16 +155,25 @@ def describe(load: dict) -> str:
     return ", ".join(parts)
 
 
+def run_flags(args) -> list[str]:
+    """The flags of how a run was made (rounds, revision, quiet), as a
+    command line that reproduces it gives them."""
+    flags = []
+    if args.repeat > 1:
+        flags += ["--repeat", str(args.repeat)]
+    if args.rev:
+        flags += ["--rev", args.rev]
+    if args.wait_quiet:
+        flags += ["--wait-quiet", f"{args.wait_quiet:g}"]
+    if args.retry_disturbed:
+        flags += ["--retry-disturbed", str(args.retry_disturbed)]
+    return flags
+
+
 def command_line(servers, load: dict, args=None) -> str:
     cmd = ["python -m bench compare", "--servers", ",".join(servers)]
-    if args is not None and args.repeat > 1:
-        cmd += ["--repeat", str(args.repeat)]
-    if args is not None and args.rev:
-        cmd += ["--rev", args.rev]
-    if args is not None and args.wait_quiet:
-        cmd += ["--wait-quiet", f"{args.wait_quiet:g}"]
-    if args is not None and args.retry_disturbed:
-        cmd += ["--retry-disturbed", str(args.retry_disturbed)]
+    if args is not None:
+        cmd += run_flags(args)
     for key in ("transport", "clients", "messages", "rate", "window", "size"):
         if key in load:
             cmd += [f"--{key}", f"{load[key]:g}" if isinstance(load[key], float) else str(load[key])]
@@ -464,15 +473,7 @@ def storm_command(args, n: int) -> str:
     cmd = ["python -m bench storm", "--servers", args.servers, "--clients", str(n)]
     if args.concurrency != 100:
         cmd += ["--concurrency", str(args.concurrency)]
-    if args.repeat > 1:
-        cmd += ["--repeat", str(args.repeat)]
-    if args.rev:
-        cmd += ["--rev", args.rev]
-    if args.wait_quiet:
-        cmd += ["--wait-quiet", f"{args.wait_quiet:g}"]
-    if args.retry_disturbed:
-        cmd += ["--retry-disturbed", str(args.retry_disturbed)]
-    return " ".join(cmd)
+    return " ".join(cmd + run_flags(args))
 
 
 def cmd_storm(args) -> None:

@@ -201,15 +201,7 @@ def command_line(args, scenario: str) -> str:
     cmd = ["python -m bench backplane", "--only", scenario, "--setups", args.setups]
     if args.quick:
         cmd.append("--quick")
-    if args.repeat > 1:
-        cmd += ["--repeat", str(args.repeat)]
-    if args.rev:
-        cmd += ["--rev", args.rev]
-    if args.wait_quiet:
-        cmd += ["--wait-quiet", f"{args.wait_quiet:g}"]
-    if args.retry_disturbed:
-        cmd += ["--retry-disturbed", str(args.retry_disturbed)]
-    return " ".join(cmd)
+    return " ".join(cmd + cli.run_flags(args))
 
 
 # -- the command -------------------------------------------------------------------

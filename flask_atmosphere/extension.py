@@ -403,7 +403,7 @@ class Atmosphere:
         remote = self.remote
         if remote is not None:  # the Redis backplane: each client is handed over
             from .handover import hand_over_all
-            hand_over_all(self, remote)
+            hand_over_all(remote)
         for connection in self.registry:
             connection.close(1001, "server shutdown")
         ended = self.registry.wait_empty(timeout)

@@ -37,7 +37,6 @@ from .registry import Registry
 if TYPE_CHECKING:  # pragma: no cover
     from .backplane.redis import RedisBackplane
     from .connection import Connection
-    from .extension import Atmosphere
     from .remote import Remote
 
 __all__ = ["hand_over_all", "go_on"]
@@ -45,10 +44,11 @@ __all__ = ["hand_over_all", "go_on"]
 log = logging.getLogger("flask_atmosphere")
 
 
-def hand_over_all(atmosphere: "Atmosphere", remote: "Remote") -> int:
+def hand_over_all(remote: "Remote") -> int:
     """Hand every client of this process over (on the hub, as it stops):
     write its mailbox and its cursor in its directory entry, then close its
     transport with 1001 and nothing more delivered. Returns how many."""
+    atmosphere = remote.atmosphere
     broadcaster = atmosphere.broadcaster
     backplane: RedisBackplane = broadcaster.backplane  # type: ignore[assignment]
     # Where a shard stands that nothing of reached the clients here through
@@ -57,11 +57,10 @@ def hand_over_all(atmosphere: "Atmosphere", remote: "Remote") -> int:
     tops: dict[int, tuple[str, str] | None] = {}
     for connection in atmosphere.registry:
         shard = shard_of(connection.path, backplane.shards)
-        if shard not in tops and shard not in broadcaster.positions \
-                and backplane.position(shard) is None:
+        if shard not in tops and shard not in broadcaster.positions:
             keys = backplane.keys[shard]
             try:
-                tops[shard] = remote._look_up(partial(remote.forwarding.stream_top,
+                tops[shard] = remote.look_up(partial(remote.forwarding.stream_top,
                                                       meta=keys.meta), keys.stream)
             except Exception:  # noqa: BLE001 -- Redis away: no cursor, nothing replayed
                 tops[shard] = None
@@ -71,8 +70,7 @@ def hand_over_all(atmosphere: "Atmosphere", remote: "Remote") -> int:
         if connection.mailbox.closed:
             continue
         shard = shard_of(connection.path, backplane.shards)
-        position = broadcaster.positions.get(shard) or backplane.position(shard) \
-            or tops.get(shard)
+        position = broadcaster.positions.get(shard) or tops.get(shard)
         record = {"mailbox": connection.mailbox.snapshot(),
                   "cursor": None if position is None else [shard, *position]}
         # No yield from the snapshot to the close: nothing reaches the
@@ -138,7 +136,7 @@ def _published_since(remote: "Remote", connection: "Connection", shard: int, epo
     last = after
     while True:
         try:
-            entries = remote._look_up(partial(remote.forwarding.stream_after, after=last), stream)
+            entries = remote.look_up(partial(remote.forwarding.stream_after, after=last), stream)
         except Exception as exc:  # noqa: BLE001 -- Redis away: what it holds cannot be had
             log.warning("client %s: what was published while it was handed over could not "
                         "be read (%s)", connection.uuid, exc)

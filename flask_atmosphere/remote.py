@@ -89,7 +89,7 @@ class Remote:
             self._pool = ThreadPool(LOOKUP_THREADS)  # no idle timeout: threads stay
         return self._pool
 
-    def _look_up(self, lookup: Callable[[str], Any], key: str) -> Any:
+    def look_up(self, lookup: Callable[[str], Any], key: str) -> Any:
         """``lookup(key)`` in :meth:`lookups`' threads.
 
         Raises:
@@ -115,7 +115,7 @@ class Remote:
         own (:meth:`lookups`), never on the hub; a Redis that cannot be
         reached counts as nobody."""
         try:
-            found: Holder | None = self._look_up(self.forwarding.holder, tracking_id)
+            found: Holder | None = self.look_up(self.forwarding.holder, tracking_id)
         except Exception:  # noqa: BLE001 -- Redis away: served here, as without it
             return None
         if found is None or found.node == self.forwarding.node:
@@ -231,7 +231,7 @@ class Remote:
             if left <= self.forwarding.refresh_interval:
                 return None
             try:
-                if not self._look_up(self.forwarding.alive, holder.node):
+                if not self.look_up(self.forwarding.alive, holder.node):
                     return None
             except Exception:  # noqa: BLE001 -- Redis away: nobody can tell; wait on
                 pass
@@ -425,7 +425,7 @@ class Remote:
         while True:
             gevent.sleep(self.forwarding.refresh_interval)
             try:
-                alive = self._look_up(self.forwarding.alive, node)
+                alive = self.look_up(self.forwarding.alive, node)
             except Exception:  # noqa: BLE001 -- Redis away: nobody can tell; carry on
                 continue
             if not alive:

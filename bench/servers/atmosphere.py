@@ -2,7 +2,12 @@
 whose client broadcasts each ``TextMessage`` to every other client.
 
     python bench/servers/atmosphere.py PORT
+
+With ``BENCH_REDIS_URL`` set, through that Redis backplane (see
+``atmosphere_redis.py``).
 """
+import os
+
 from _common import setup
 
 PORT = setup()
@@ -12,6 +17,7 @@ from flask import Flask  # noqa: E402
 from flask_atmosphere import Atmosphere, AtmosphereClient, TextMessage, TextWireFormat  # noqa: E402
 
 app = Flask(__name__)
+app.config["ATMOSPHERE_BACKPLANE"] = os.environ.get("BENCH_REDIS_URL")  # None: in memory
 atmosphere = Atmosphere(app)
 
 

@@ -9,31 +9,10 @@ every process that shares it (this one's included).
 and sets it.
 """
 import os
+import runpy
 import sys
 
-from _common import setup
-
-PORT = setup()
-REDIS_URL = os.environ.get("BENCH_REDIS_URL")
-if not REDIS_URL:
+if not os.environ.get("BENCH_REDIS_URL"):
     sys.exit("set BENCH_REDIS_URL to the Redis URL of the backplane (redis://HOST:PORT/DB)")
-
-from flask import Flask  # noqa: E402
-
-from flask_atmosphere import Atmosphere, AtmosphereClient, TextMessage, TextWireFormat  # noqa: E402
-
-app = Flask(__name__)
-app.config["ATMOSPHERE_BACKPLANE"] = REDIS_URL
-atmosphere = Atmosphere(app)
-
-
-@atmosphere.route("/the-chat", wire_format=TextWireFormat())
-class Relay(AtmosphereClient):
-    def receive(self, event):
-        match event:
-            case TextMessage(text):
-                self.broadcast(text)
-
-
-if __name__ == "__main__":
-    atmosphere.run(app, "127.0.0.1", PORT)
+runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "atmosphere.py"),
+               run_name="__main__")

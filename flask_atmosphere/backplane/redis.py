@@ -221,14 +221,6 @@ class RedisBackplane(Backplane):
         if self._deliver is not None:
             self._deliver(broadcast)
 
-    def position(self, shard: int) -> tuple[str, str] | None:
-        """Where the subscriber stands in ``shard``'s stream: ``(epoch,
-        entry id)`` of the last publication it handed on, if it knows."""
-        state = self._states.get(shard)
-        if state is None or state.entry_id is None:
-            return None
-        return state.epoch, state.entry_id
-
     def start_of(self, shard: int) -> tuple[str, int] | None:
         """``(epoch, offset)``: the publications of ``shard`` after this
         offset are handed on to this process's hub, those up to it never
