@@ -105,7 +105,7 @@ class Connection:
         binding: the resume key the client is bound to, or ``None``.
     """
     __slots__ = ("atmosphere", "app", "settings", "uuid", "path", "route", "transport", "params",
-                 "wire_format", "takeover",
+                 "wire_format", "takeover", "checkpointed",
                  "mailbox", "keeps", "carrier", "direct", "framing", "poll_answered", "client",
                  "environ", "session", "binding", "_lost_reported", "_lock", "_opened", "_opening",
                  "_kicked",
@@ -123,6 +123,8 @@ class Connection:
         self.transport = request.transport  # the latest request's, for the stats
         #: It takes the place of a client whose process died (``Connected.takeover``).
         self.takeover = False
+        #: What its last checkpoint was taken from (``handover.checkpoint_all``).
+        self.checkpointed: Any = None
         self.params = params
         self.wire_format = route.wire_format
         self.mailbox = Mailbox(settings.mailbox_max_messages, settings.mailbox_max_bytes,
@@ -197,15 +199,18 @@ class Connection:
         it got (an acknowledging client, an EventSource)."""
         self.mailbox.keep = self.keeps = True
 
-    def resume(self, params: AtmosphereParams, offset: int | None) -> None:
+    def resume(self, params: AtmosphereParams, offset: int | None,
+               restored: bool = False) -> None:
         """A request of the client came back with ``params``: they are the
         client's from now on (a reconnect may bring another transport). If
         it says how far the client got (``offset``), what was sent after it
-        is queued again, and what is gone for good is told to the app."""
+        is queued again, and what is gone for good is told to the app; so
+        too for a mailbox just ``restored`` from a handover or checkpoint
+        (``handover.py``), which may hold what the client got already."""
         self.params = params
         if params.acks:
             self.keep_history()
-        if offset is not None and self.keeps:
+        if offset is not None and (self.keeps or restored):
             lost = self.mailbox.resume(offset)
             if lost:
                 self.messages_lost(lost, "history")

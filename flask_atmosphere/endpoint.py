@@ -264,13 +264,13 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
         connection.takeover = takeover
         if transport == "sse":
             connection.keep_history()
-        if handover is not None and atmosphere.remote is not None:
+        if takeover and atmosphere.remote is not None:
             handover_.go_on(atmosphere.remote, connection, handover)  # then open, no yield
         refused = connection.open()
         if refused is not None:
             return _refuse(refused, upgraded)
         if handover is not None:
-            connection.resume(params, offset)  # what it got of the restored mailbox
+            connection.resume(params, offset, restored=True)  # what it got of the mailbox
     if transport == "websocket":
         return _websocket(connection, new, upgraded, cookies)
     response: Response
@@ -385,7 +385,7 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
                                           decision.uuid if isinstance(decision, Open) else None,
                                           params.transport or "polling", can_set_cookie=True)
     connection.takeover = takeover
-    if handover is not None and atmosphere.remote is not None:
+    if takeover and atmosphere.remote is not None:
         handover_.go_on(atmosphere.remote, connection, handover)  # then open, no yield
     refused = connection.open()
     if refused is not None:

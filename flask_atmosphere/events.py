@@ -99,7 +99,10 @@ class MessagesLost:
             it was sent, and the history no longer held the rest) or
             ``"overflow"`` (``ATMOSPHERE_MAILBOX_OVERFLOW = "drop-oldest"``
             dropped them from a full mailbox) or ``"backplane"`` (Redis lost
-            broadcasts to this client's shard, see the README's scale-out).
+            broadcasts to this client's shard, see the README's scale-out)
+            or ``"takeover"`` (the client was taken over from a process
+            that died before it wrote the client's first checkpoint, or left
+            one that could not be read: what it held for the client is gone).
     """
     count: int | None
     path: str

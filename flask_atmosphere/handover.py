@@ -1,4 +1,4 @@
-"""Graceful stops that lose no client (the Redis backplane only).
+"""Stops and deaths that lose no client (the Redis backplane only).
 
 A process that stops (SIGTERM: gunicorn's ``HUP`` or a rolling deploy)
 hands each of its clients over instead of ending it. At that instant, on
@@ -18,6 +18,16 @@ delivered once and in order: the mailbox's, then the stream's, then the
 live ones, and a client that says how far it got (``X-Atmosphere-Offset``,
 ``Last-Event-ID``) gets again just what it missed. A cursor whose epoch is
 gone, or a stream trimmed past it, is told to the app (``MessagesLost``).
+
+A process that dies (``kill -9``) can write nothing at that instant, so
+every refresh interval (``ATMOSPHERE_REDIS_PROBE_INTERVAL``) it writes the
+same record for each client whose mailbox or cursor changed, as the
+client's *checkpoint* (:func:`checkpoint_all`). A taker goes on from the
+checkpoint as from a handover: what the client had not received then, and
+the stream since. What was sent to the client after the checkpoint comes
+again, unless the client says how far it got: the bundled client
+(``X-Atmosphere-Offset``) and an EventSource (``Last-Event-ID``) do, and get
+each message once.
 """
 from __future__ import annotations
 
@@ -39,9 +49,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
     from .remote import Remote
 
-__all__ = ["hand_over_all", "go_on"]
+__all__ = ["hand_over_all", "checkpoint_all", "go_on"]
 
 log = logging.getLogger("flask_atmosphere")
+
+#: Clients checkpointed in one go on the hub, between two fan-outs.
+CHECKPOINT_BATCH = 256
 
 
 def hand_over_all(remote: "Remote") -> int:
@@ -83,20 +96,63 @@ def hand_over_all(remote: "Remote") -> int:
     return handed
 
 
-def go_on(remote: "Remote", connection: "Connection", handover: dict[str, Any]) -> None:
-    """Take over a client another process handed over (``handover``, from
-    its directory entry): restore its mailbox and replay what was published
-    since, in the request's greenlet, before ``connection.open()``, with no
-    yield in between (the caller's part). What cannot be restored is told to
-    the app (``MessagesLost``), never raised."""
+def checkpoint_all(remote: "Remote") -> None:
+    """Write the checkpoint of each client of this process whose mailbox or
+    cursor changed since its last one (a refresh of the directory calls it,
+    on the hub). Each batch of clients is taken between two fan-outs
+    (``Broadcaster.call``), so that a client's mailbox and its shard's
+    position agree."""
+    atmosphere = remote.atmosphere
+    connections = list(atmosphere.registry)
+    for start in range(0, len(connections), CHECKPOINT_BATCH):
+        atmosphere.broadcaster.call(_checkpoint, remote,
+                                    connections[start:start + CHECKPOINT_BATCH])
+        gevent.sleep(0)  # the fan-outs and requests waiting go first
+
+
+def _checkpoint(remote: "Remote", connections: list["Connection"]) -> None:
+    broadcaster = remote.atmosphere.broadcaster
+    backplane: RedisBackplane = broadcaster.backplane  # type: ignore[assignment]
+    for connection in connections:
+        mailbox = connection.mailbox
+        if mailbox.closed or connection.finished:
+            continue
+        shard = shard_of(connection.path, backplane.shards)
+        position = broadcaster.positions.get(shard)
+        if position is None:  # nothing of it fanned out here: where the subscription began
+            start = backplane.start_of(shard)
+            if start is None:
+                continue  # not known yet
+            position = (start[0], f"0-{start[1]}")  # (an id before the next offset's)
+        mark = (mailbox.next_seq, len(mailbox), mailbox.kept_bytes, position)
+        if connection.checkpointed == mark:
+            continue
+        connection.checkpointed = mark
+        remote.forwarding.checkpoint(connection.uuid, {"mailbox": mailbox.snapshot(),
+                                                       "cursor": [shard, *position]})
+
+
+def go_on(remote: "Remote", connection: "Connection", handover: dict[str, Any] | None) -> None:
+    """Take over a client another process handed over, or held when it
+    died (``handover``: its handover or checkpoint, from its directory
+    entry): restore its mailbox and replay what was published since, in the
+    request's greenlet, before ``connection.open()``, with no yield in
+    between (the caller's part). What cannot be restored (``handover`` is
+    ``None``: its process died before its first checkpoint) is told to the
+    app (``MessagesLost``), never raised."""
     if connection.params.acks:
         connection.keep_history()
+    if handover is None:
+        log.warning("client %s: its process died before it wrote a checkpoint: what it held "
+                    "for the client is gone", connection.uuid)
+        connection.messages_lost(None, "takeover", logged=False)
+        return
     try:
         connection.mailbox.restore(handover.get("mailbox"))
     except ValueError as exc:
         log.warning("client %s: the mailbox it was handed over with was not restored (%s)",
                     connection.uuid, exc)
-        connection.messages_lost(None, "handover", logged=False)
+        connection.messages_lost(None, "takeover", logged=False)
     cursor = handover.get("cursor")
     try:
         shard, epoch, after = int(cursor[0]), str(cursor[1]), str(cursor[2])  # type: ignore[index]

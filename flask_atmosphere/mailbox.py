@@ -332,7 +332,7 @@ class Mailbox:
     def resume(self, offset: int) -> int:
         """The client got every message up to ``offset`` (the bundled
         client's ``X-Atmosphere-Offset``, SSE's ``Last-Event-ID``): forget
-        the history up to it and queue again, at the front, what was sent
+        what the history and the queue hold up to it, and queue again, at the front, what was sent
         after it. A batch an earlier request is still writing stays in
         flight: the next take waits for it.
 
@@ -340,9 +340,11 @@ class Mailbox:
             how many messages after ``offset`` are gone for good (the history
             no longer holds them): 0 when nothing is lost.
         """
-        history = self._history
+        history, queue = self._history, self._queue
         while history and history[0][0] <= offset:
             self._history_bytes -= history.popleft()[1].size
+        while queue and queue[0][0] <= offset:  # it got them (a checkpoint's queue)
+            self._bytes -= queue.popleft()[1].size
         first = history[0][0] if history else self._queue[0][0] if self._queue else self.next_seq
         missed = list(history)
         history.clear()

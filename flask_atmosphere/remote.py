@@ -28,6 +28,7 @@ from gevent.threadpool import ThreadPool
 from .backplane.forwarding import Forwarding, Holder, binding_hash
 from .protocol import parse_params
 from .connection import Carrier, Connection
+from .handover import checkpoint_all
 from .protocol import handshake_due, heartbeat_text
 from .transports import sse, streaming
 from .transports.longpolling import Poll
@@ -75,10 +76,17 @@ class Remote:
 
     def start(self) -> None:
         """Start the forwarding threads; requests and replies are handled on the hub."""
-        self.forwarding.start(self.atmosphere.broadcaster.call, self._on_request, self._on_reply)
+        self.forwarding.start(self.atmosphere.broadcaster.call, self._on_request, self._on_reply,
+                              self._on_refresh)
 
     def stop(self) -> None:
         self.forwarding.stop()
+
+    def _on_refresh(self) -> None:
+        """The directory was refreshed: the clients' checkpoints follow,
+        in a greenlet of their own (``handover.checkpoint_all``)."""
+        if self.atmosphere.remote is self and not self.atmosphere.closing:
+            gevent.spawn(checkpoint_all, self)
 
     def lookups(self) -> ThreadPool:
         """The threads that wait for Redis's answers to lookups, off the hub.

@@ -115,6 +115,18 @@ def test_a_snapshot_restored_where_no_history_is_kept_sends_only_the_unsent():
     assert [(seq, m.text) for seq, m in new.take(0)] == [(3, "c")]
 
 
+def test_a_stale_checkpoint_resumed_at_the_clients_offset_sends_nothing_twice():
+    """A checkpoint taken before the client got "b" and "c" (its process
+    then died): the client's offset says it got them, so neither the
+    history nor the queue sends them again."""
+    new = Mailbox(10, 1 << 20)
+    new.restore({"next": 4, "kept": [], "queued": [[2, "b"], [3, "c"]]})
+    assert new.put(Outbound("d"))  # published after the checkpoint: replayed
+    assert new.resume(3) == 0
+    assert [(seq, m.text) for seq, m in new.take(0)] == [(4, "d")]
+    assert new.queued_bytes == 0
+
+
 def test_what_is_not_a_snapshot_is_refused_and_changes_nothing():
     mailbox = mailbox_with("x")
     for bad in (None, {}, {"next": "n", "kept": [], "queued": []},

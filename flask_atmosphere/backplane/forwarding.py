@@ -11,7 +11,10 @@ What this module keeps in Redis, under the app's prefix, each with a TTL:
 
 - ``{prefix}:client:{uuid}``: the holder of a client, JSON ``{"node",
   "path", "binding"}`` (``binding``: the SHA-256 of its resume key, or
-  ``null``); it lives for the grace period and three refresh intervals,
+  ``null``), with the client's last ``checkpoint`` (``handover.py``: its
+  mailbox and where it stands in its shard stream, rewritten every refresh
+  interval in which they changed) and, after a graceful stop, its
+  ``handover``; it lives for the grace period and three refresh intervals,
   is refreshed every refresh interval while the client lives, and is
   deleted when the client ends;
 - ``{prefix}:node:{node}``: a process's liveness, for three refresh
@@ -68,14 +71,21 @@ class Holder:
         path: the client's broadcaster path.
         binding: the SHA-256 of its resume key, or ``None`` (not bound).
         alive: the holding process's liveness key is there.
-        handover: what the holder left for whichever takes the client over,
-            when it stopped gracefully (``Remote.hand_over``); ``None`` else.
+        handover: what the holder left for whichever takes the client over:
+            when it stopped gracefully, the client's state at that instant
+            (``handover.hand_over_all``); when it died, its last checkpoint
+            (``handover.checkpoint_all``: :attr:`stale`); ``None`` while it
+            is alive, or if it left nothing.
+        stale: ``handover`` is a checkpoint, up to a refresh interval older
+            than the holder's death: what was sent after it may come again
+            to a client that does not say how far it got.
     """
     node: str
     path: str
     binding: str | None
     alive: bool
     handover: dict[str, Any] | None = None
+    stale: bool = False
 
 
 class Forwarding:
@@ -100,7 +110,8 @@ class Forwarding:
         self.refresh_interval = refresh_interval
         self.timeout = timeout
         self.cluster = cluster
-        self._claims: dict[str, tuple[str, int]] = {}  # uuid -> (entry, ttl in ms)
+        #: uuid -> (its directory entry, as JSON too, and its time-to-live in ms)
+        self._claims: dict[str, tuple[dict[str, Any], str, int]] = {}
         self._commands: deque[tuple[Any, ...]] = deque()
         self._lock = _Lock()
         self._wake = _Condition(self._lock)
@@ -108,6 +119,7 @@ class Forwarding:
         self._hand: Callable[..., None] | None = None
         self._on_request: Callable[[dict[str, Any]], None] = lambda message: None
         self._on_reply: Callable[[dict[str, Any]], None] = lambda message: None
+        self._on_refresh: Callable[[], None] = lambda: None
         self._lookups = _local()  # each thread's client for holder() and alive()
         self._threads: list[Any] = []
         self._failing: set[str] = set()  # the threads that cannot reach Redis now
@@ -130,15 +142,19 @@ class Forwarding:
     # -- the interface -------------------------------------------------------------
 
     def start(self, hand: Callable[..., None], on_request: Callable[[dict[str, Any]], None],
-              on_reply: Callable[[dict[str, Any]], None]) -> None:
+              on_reply: Callable[[dict[str, Any]], None],
+              on_refresh: Callable[[], None] = lambda: None) -> None:
         """Start the writer and reader threads.
 
         Args:
             hand: ``hand(fn, *args)`` runs ``fn(*args)`` on the hub (from any thread).
             on_request: called on the hub with each request sent to this process.
             on_reply: called on the hub with each reply this process gets.
+            on_refresh: called on the hub after each refresh of the directory
+                (every ``refresh_interval`` seconds while Redis answers).
         """
         self._hand, self._on_request, self._on_reply = hand, on_request, on_reply
+        self._on_refresh = on_refresh
         for name, target in (("writer", self._write_loop), ("reader", self._read_loop)):
             thread = _Thread(target=target, name=f"atmosphere-forwarding-{name}", daemon=True)
             thread.start()
@@ -153,28 +169,40 @@ class Forwarding:
     def claim(self, uuid: str, path: str, binding: str | None, grace_period: float) -> None:
         """This process holds ``uuid`` (from any thread; written at once,
         then refreshed until :meth:`release`)."""
-        entry = simplejson.dumps({"node": self.node, "path": path,
-                                  "binding": binding_hash(binding)})
+        entry = {"node": self.node, "path": path, "binding": binding_hash(binding)}
         ttl = int((grace_period + 3 * self.refresh_interval) * 1000)
+        text = simplejson.dumps(entry)
         with self._lock:
-            self._claims[uuid] = (entry, ttl)
-            self._commands.append(("set", self.client_key(uuid), entry, ttl))
+            self._claims[uuid] = (entry, text, ttl)
+            self._commands.append(("set", self.client_key(uuid), text, ttl))
             self._wake.notify()
+
+    def checkpoint(self, uuid: str, record: dict[str, Any]) -> None:
+        """Keep ``record`` (what a taker needs to go on with ``uuid``, as
+        JSON: ``handover.py``) in ``uuid``'s directory entry, for the case
+        that this process dies: written at once (unless the client is not
+        held here, or was handed over already)."""
+        self._amend(uuid, "checkpoint", record)
 
     def hand_over(self, uuid: str, handover: dict[str, Any]) -> None:
         """This process stops (gracefully) and leaves ``uuid`` to whichever
         takes it over: its directory entry carries ``handover`` (what the
         taker needs, as JSON) and, once released (:meth:`release`), lives on
         for the rest of its time-to-live (the grace period) instead of going."""
+        self._amend(uuid, "handover", handover)
+
+    def _amend(self, uuid: str, field: str, value: dict[str, Any]) -> None:
         with self._lock:
             claim = self._claims.get(uuid)
-            if claim is None:
+            if claim is None or uuid in self._handed:
                 return
-            entry = simplejson.loads(claim[0]) | {"handover": handover}
+            entry = claim[0] | {field: value}
+            if field == "handover":
+                entry.pop("checkpoint", None)
+                self._handed.add(uuid)
             text = simplejson.dumps(entry)
-            self._claims[uuid] = (text, claim[1])
-            self._handed.add(uuid)
-            self._commands.append(("set", self.client_key(uuid), text, claim[1]))
+            self._claims[uuid] = (entry, text, claim[2])
+            self._commands.append(("set", self.client_key(uuid), text, claim[2]))
             self._wake.notify()
 
     def release(self, uuid: str) -> None:
@@ -214,13 +242,16 @@ class Forwarding:
         try:
             entry = simplejson.loads(raw)
             node, path, binding = entry["node"], entry["path"], entry["binding"]
-            handover = entry.get("handover")
-            if handover is not None and not isinstance(handover, dict):
-                raise ValueError("a handover is an object")
+            handover, checkpoint = entry.get("handover"), entry.get("checkpoint")
+            if not isinstance(handover, (dict, type(None))) \
+                    or not isinstance(checkpoint, (dict, type(None))):
+                raise ValueError("a handover or checkpoint is an object")
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("a malformed directory entry for a client was skipped: %.60r", raw)
             return None
         alive = node == self.node or bool(lookup.exists(self.node_key(node)))
+        if handover is None and not alive and checkpoint is not None:
+            return Holder(str(node), str(path), binding, alive, checkpoint, stale=True)
         return Holder(str(node), str(path), binding, alive, handover)
 
     def alive(self, node: str) -> bool:
@@ -307,6 +338,8 @@ class Forwarding:
             self.health("writer")
             if claims is not None:
                 refreshed = monotonic()
+                if self._hand is not None:
+                    self._hand(self._on_refresh)
             with self._lock:
                 for _ in commands:
                     self._commands.popleft()
@@ -330,14 +363,15 @@ class Forwarding:
         elif now and not was:
             log.warning("forwarding requests between processes works again")
 
-    def _refresh(self, pipe: Any, claims: list[tuple[str, tuple[str, int]]]) -> None:
+    def _refresh(self, pipe: Any,
+                 claims: list[tuple[str, tuple[dict[str, Any], str, int]]]) -> None:
         """This process is alive, and holds these clients."""
         ttl = int(3 * self.refresh_interval * 1000)
         pipe.set(self.node_key(self.node), "1", px=ttl)
         for stream in (self.inbox(self.node), self.replies(self.node)):
             pipe.pexpire(stream, ttl)
-        for uuid, (entry, entry_ttl) in claims:
-            pipe.set(self.client_key(uuid), entry, px=entry_ttl)
+        for uuid, (_, text, entry_ttl) in claims:
+            pipe.set(self.client_key(uuid), text, px=entry_ttl)
 
     def _queue(self, pipe: Any, command: tuple[Any, ...]) -> None:
         kind = command[0]
