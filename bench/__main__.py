@@ -7,6 +7,7 @@ gevent-websocket relay. See bench/README.md.
     python -m bench standard --quick    # a small smoke run of the same
     python -m bench storm --servers raw,atmosphere --clients 3000,10000   # connect cost
     python -m bench backplane           # the Redis backplane against the memory one
+    python -m bench soak                # Redis memory over rounds of clients
 
 A server may be named ``SERVER@REV`` (``atmosphere@8440b72``): that one
 imports flask_atmosphere as of git revision REV, so that two revisions run
@@ -584,6 +585,8 @@ def main(argv=None) -> None:
 
     from .backplane import add_parser as add_backplane
     add_backplane(sub)
+    from .soak import add_parser as add_soak
+    add_soak(sub)
 
     standard = sub.add_parser("standard", help="the standard comparison of bench/README.md")
     standard.add_argument("--quick", action="store_true", help="a small smoke run of the same")

@@ -71,6 +71,7 @@ class Remote:
         self.forwarding = forwarding
         self._pending: dict[str, Queue[dict[str, Any]]] = {}
         self._pool: ThreadPool | None = None  # made on the hub, on first use
+        self._checkpoints: "gevent.Greenlet[..., None] | None" = None  # handover.checkpoint_all, running
         #: The polls served here for other processes, by request id.
         self._serving: dict[str, tuple[Any, Carrier]] = {}
 
@@ -85,8 +86,9 @@ class Remote:
     def _on_refresh(self) -> None:
         """The directory was refreshed: the clients' checkpoints follow,
         in a greenlet of their own (``handover.checkpoint_all``)."""
-        if self.atmosphere.remote is self and not self.atmosphere.closing:
-            gevent.spawn(checkpoint_all, self)
+        if self.atmosphere.remote is self and not self.atmosphere.closing \
+                and (self._checkpoints is None or self._checkpoints.dead):
+            self._checkpoints = gevent.spawn(checkpoint_all, self)  # one at a time
 
     def lookups(self) -> ThreadPool:
         """The threads that wait for Redis's answers to lookups, off the hub.

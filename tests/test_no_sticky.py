@@ -123,16 +123,19 @@ def test_a_stream_reconnected_to_another_process_resumes(redis_server, app_proce
         assert first.next() == "before"
         headers = {"Last-Event-ID": first.event_ids[-1]} if transport == "sse" else {}
         first.close()
+        witness = ws(one)  # sees the one agreed order of the broadcasts
         for i in range(5):  # while it is away
             (one, two)[i % 2].push("/chat", f"away{i}")
+        agreed = [witness.recv() for _ in range(5)]
+        witness.close()
         second = StreamClient(two.base, "/chat", transport=transport, tracking_id=first.uuid,
                               headers=headers, http=first.http)
         assert second.next().startswith(first.uuid + "|")  # the 5.x handshake, again (§2.3)
-        assert second.take(5) == [f"away{i}" for i in range(5)]
+        assert second.take(5) == agreed and sorted(agreed) == [f"away{i}" for i in range(5)]
         two.push("/chat", "live")
         assert second.next() == "live"
         second.close()
-    assert one.stats()["connects"] == 2 and two.stats().get("connects", 0) == 0
+    assert one.stats()["connects"] == 4 and two.stats().get("connects", 0) == 0
 
 
 def test_a_websocket_reconnected_to_another_process_carries_on(redis_server, app_processes):
@@ -143,17 +146,21 @@ def test_a_websocket_reconnected_to_another_process_carries_on(redis_server, app
     one.push("/chat", "before")
     assert first.recv() == "before"
     first.reset()  # a dropped connection: it comes back within the grace period
+    witness = ws(one)  # sees the one agreed order of the broadcasts
     for i in range(5):
         (one, two)[i % 2].push("/chat", f"away{i}")
+    agreed = [witness.recv() for _ in range(5)]
+    witness.close()
     query = urlencode(ATMOSPHERE_PARAMS | {"X-Atmosphere-tracking-id": uuid})
     second = WSClient(two.url("/chat") + "?" + query, track=True, cookie=cookie)
     assert second.recv().startswith(uuid + "|")  # the 5.x handshake again (§2.3)
-    assert [second.recv() for _ in range(5)] == [f"away{i}" for i in range(5)]
+    assert [second.recv() for _ in range(5)] == agreed
+    assert sorted(agreed) == [f"away{i}" for i in range(5)]
     second.send("echo me")  # through to its receive, on `one`
     assert second.recv() == "echo me"
     second.send(json.dumps({"cmd": "broadcast", "to": "everyone", "msg": "from afar"}))
     assert second.recv() == "from afar"
-    assert one.stats()["connects"] == 1 and two.stats().get("connects", 0) == 0
+    assert one.stats()["connects"] == 2 and two.stats().get("connects", 0) == 0
     second.close()  # a close frame: its goodbye, said on `one`
     deadline = time.monotonic() + TIMEOUT
     while one.stats()["disconnects"].get("client_closed", 0) < 1:

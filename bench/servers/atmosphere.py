@@ -18,6 +18,7 @@ from flask_atmosphere import Atmosphere, AtmosphereClient, TextMessage, TextWire
 
 app = Flask(__name__)
 app.config["ATMOSPHERE_BACKPLANE"] = os.environ.get("BENCH_REDIS_URL")  # None: in memory
+app.config.from_prefixed_env()  # FLASK_ATMOSPHERE_GRACE_PERIOD=2 (python -m bench soak)
 atmosphere = Atmosphere(app)
 
 
