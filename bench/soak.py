@@ -22,7 +22,7 @@ from .backplane import RedisServer
 from .harness import Server, default_log_dir
 
 #: Short times so that a round ends soon: seconds.
-GRACE_PERIOD, PROBE_INTERVAL = 2, 0.5
+GRACE_PERIOD, PROBE_INTERVAL = 8, 0.5
 
 HANDSHAKE = {"X-Atmosphere-tracking-id": "0", "X-Atmosphere-Framework": "5.0.7",
              "X-Atmosphere-Transport": "long-polling", "X-atmo-protocol": "true"}

@@ -71,7 +71,8 @@ class Remote:
         self.forwarding = forwarding
         self._pending: dict[str, Queue[dict[str, Any]]] = {}
         self._pool: ThreadPool | None = None  # made on the hub, on first use
-        self._checkpoints: "gevent.Greenlet[..., None] | None" = None  # handover.checkpoint_all, running
+        #: ``handover.checkpoint_all``, while it runs.
+        self._checkpoints: "gevent.Greenlet[..., None] | None" = None
         #: The polls served here for other processes, by request id.
         self._serving: dict[str, tuple[Any, Carrier]] = {}
 
