@@ -176,6 +176,8 @@ def test_a_tracking_id_without_the_resume_key_resumes_nothing(server_of, recorde
     assert "atmosphere_resume" in victim.http.cookies
     greeting = victim.poll()
     atmosphere.broadcast("/chat", "private")
+    held = atmosphere.registry.get(victim.uuid)
+    server.wait_until(lambda: len(held.mailbox) == 1)  # fanned out before the stranger comes
     stranger = requests.Session()  # has the tracking id (from a log, say), not the cookie
     stolen = stranger.get(base + "/chat", params=params("long-polling", victim.uuid), timeout=TIMEOUT)
     greeting_of_stranger = json.loads(Decoder().feed(stolen.text)[0])

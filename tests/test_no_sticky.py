@@ -334,7 +334,8 @@ def test_a_request_for_a_client_of_a_dead_process_waits_no_longer_than_its_death
     long enough for the poll to get there first on a busy machine), not
     after a heartbeat interval (20 s here); the next poll takes over."""
     one, two = (app_processes(redis_server.url, ATMOSPHERE_HEARTBEAT_INTERVAL=20,
-                              ATMOSPHERE_REDIS_PROBE_INTERVAL=1) for _ in range(2))
+                              ATMOSPHERE_REDIS_PROBE_INTERVAL=1, ATMOSPHERE_REDIS_TIMEOUT=2)
+                for _ in range(2))  # (a lookup that times out would open a client anew)
     wait_up(one, two)
     client = PollClient(one.base, "/chat")
     assert json.loads(client.poll()[0])["hello"] == client.uuid
