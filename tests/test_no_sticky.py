@@ -261,6 +261,16 @@ def checkpointed(r, uuid: str, holds) -> dict:
         time.sleep(0.05)  # written every probe interval: Redis announces nothing
 
 
+def claimed(r, uuid: str) -> None:
+    """Wait until the directory entry of ``uuid`` is in Redis (written just
+    after the response that opened the client: a process killed before that
+    leaves no trace, and the client is opened anew)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not r.exists(f"atmosphere:client:{uuid}"):
+        assert time.monotonic() < deadline, "the client was never claimed"
+        time.sleep(0.01)  # written by the holder's writer thread: Redis announces nothing
+
+
 def kill(process, r) -> None:
     """``kill -9`` on ``process``, and wait until its liveness key expired."""
     alive = len(set(r.scan_iter("atmosphere:node:*")))
@@ -340,6 +350,7 @@ def test_a_request_for_a_client_of_a_dead_process_waits_no_longer_than_its_death
     wait_up(one, two)
     client = PollClient(one.base, "/chat")
     assert json.loads(client.poll()[0])["hello"] == client.uuid
+    claimed(redis_server.client(), client.uuid)
     one.kill()
     started = time.monotonic()
     response = on(client, two).http.get(client.url, params=client.query(), timeout=2 * TIMEOUT)
