@@ -2,8 +2,8 @@
 long-polling clients on two processes that share a throw-away
 ``redis-server``. Each round opens ``--clients`` clients (half on each
 process, each with the handshake, so each gets a directory entry), queues a
-broadcast in every mailbox (so each entry carries a checkpoint with it),
-then lets every client go: none comes back, and each entry must leave Redis
+broadcast in the mailbox of every client but its sender (so each of their
+entries carries a checkpoint with it), then lets every client go: none comes back, and each entry must leave Redis
 once its grace period is over. After each round it prints Redis's keys and
 ``used_memory``; the memory must stay flat from round to round.
 
@@ -33,17 +33,21 @@ def _redis(url: str):
     return redis.Redis.from_url(url)
 
 
-def _open(base: str) -> str:
-    """One long-polling client's handshake; returns its tracking id."""
+def _open(base: str) -> tuple[str, str]:
+    """One long-polling client's handshake; returns its tracking id and the
+    cookie that binds the id to this client (``ATMOSPHERE_RESUME_COOKIE``)."""
     with urllib.request.urlopen(f"{base}/the-chat?{urlencode(HANDSHAKE)}", timeout=30) as r:
-        return r.read().decode().split("|")[0]
+        cookie = r.headers.get("Set-Cookie", "").split(";")[0]
+        return r.read().decode().split("|")[0], cookie
 
 
-def _say(base: str, uuid: str, text: str) -> None:
-    """An upstream message of ``uuid``: the relay broadcasts it to every other client."""
+def _say(base: str, client: tuple[str, str], text: str) -> None:
+    """An upstream message of ``client`` (tracking id, cookie): the relay
+    broadcasts it to every client."""
+    uuid, cookie = client
     query = urlencode(HANDSHAKE | {"X-Atmosphere-tracking-id": uuid})
     request = urllib.request.Request(f"{base}/the-chat?{query}", data=text.encode(),
-                                     method="POST")
+                                     method="POST", headers={"Cookie": cookie})
     urllib.request.urlopen(request, timeout=30).read()
 
 
@@ -63,9 +67,9 @@ def cmd_soak(args) -> None:
         with ThreadPoolExecutor(32) as pool:
             for n in range(args.rounds):
                 started = time.monotonic()
-                uuids = list(pool.map(lambda i: (bases[i % 2], _open(bases[i % 2])),
+                clients = list(pool.map(lambda i: (bases[i % 2], _open(bases[i % 2])),
                                       range(args.clients)))
-                _say(*uuids[0], f"round {n}")
+                _say(*clients[0], f"round {n}")
                 # Every entry carries a checkpoint of a mailbox that holds it.
                 peak_keys, peak_memory = r.dbsize(), r.info("memory")["used_memory"]
                 time.sleep(2 * PROBE_INTERVAL)  # a checkpoint is due: nothing announces it

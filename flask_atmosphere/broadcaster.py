@@ -111,6 +111,21 @@ class Broadcaster:
         else:
             fn(*args)
 
+    def hand(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` on the adopted hub's thread, as :meth:`call`
+        does, from any thread; return ``False``, with nothing run, if no hub
+        is adopted (nothing is served yet, or any more): unlike
+        :meth:`call`, never on the calling thread, where a greenlet that
+        ``fn`` spawns would never run."""
+        loop = self._loop
+        if loop is None:
+            return False
+        if self._thread_id != _native_thread_id():
+            loop.run_callback_threadsafe(self.call, fn, *args)
+        else:
+            self.call(fn, *args)
+        return True
+
     def on_hub_thread(self) -> bool:
         """Whether the caller runs on the thread of the hub that owns the
         connections (or no hub is adopted yet)."""

@@ -78,11 +78,23 @@ class Remote:
 
     def start(self) -> None:
         """Start the forwarding threads; requests and replies are handled on the hub."""
-        self.forwarding.start(self.atmosphere.broadcaster.call, self._on_request, self._on_reply,
-                              self._on_refresh)
+        self.forwarding.start(self._hand, self._on_request, self._on_reply, self._on_refresh)
 
     def stop(self) -> None:
         self.forwarding.stop()
+
+    def _hand(self, fn: Callable[..., None], *args: Any) -> None:
+        """The forwarding threads' news, handed to the hub. Before this
+        process serves (``init_app`` starts the threads) or after it stopped,
+        no hub takes them: a refresh's checkpoints wait for the next refresh,
+        a reply has nobody waiting for it, and a request is answered that
+        its client is not held here (none is, or it was handed over)."""
+        if self.atmosphere.broadcaster.hand(fn, *args) or fn != self._on_request:
+            return
+        message = args[0]
+        rid, requester = message.get("rid"), message.get("from")
+        if isinstance(rid, str) and isinstance(requester, str) and message.get("kind") != "cancel":
+            self.forwarding.send(requester, {"rid": rid, GONE: True}, reply=True)
 
     def _on_refresh(self) -> None:
         """The directory was refreshed: the clients' checkpoints follow,

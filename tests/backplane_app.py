@@ -6,17 +6,23 @@ It serves the recording app of ``test_websocket.py`` (its clients broadcast
 and send on command) on a free port of 127.0.0.1 with the Redis backplane,
 plus ``/push?path=...&msg=...`` (a broadcast from a view) and ``/stats``,
 prints ``PORT <n>`` once it listens, and stops on SIGTERM. The standard
-library is patched by gevent, as in a deployed app.
+library is patched by gevent, as in a deployed app (unless ``UNPATCHED`` is
+set in its environment; ``SLOW_START`` makes it wait a while between
+``init_app`` and serving).
 """
 from __future__ import annotations
 
+import os
+
 from gevent import monkey
 
-monkey.patch_all()  # first, as every entry point of a deployed app does (README, "Serving")
+if not os.environ.get("UNPATCHED"):  # an app that did not patch: the server warns, and serves
+    monkey.patch_all()  # first, as every entry point of a deployed app does (README, "Serving")
 
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 from flask import jsonify, request  # noqa: E402
 
@@ -45,6 +51,12 @@ def main() -> None:
     def stats():
         return jsonify(atmosphere.stats())
 
+    if os.environ.get("SLOW_START"):  # an app with start-up work between init_app and serving
+        import redis
+        node = f"atmosphere:node:{atmosphere.remote.forwarding.node}"
+        while not redis.Redis.from_url(url).exists(node):  # the first refresh is written
+            time.sleep(0.05)
+        time.sleep(2 * config["ATMOSPHERE_REDIS_PROBE_INTERVAL"])  # and more come, unserved
     server = AtmosphereServer(app, "127.0.0.1", 0)
     server.start()
     print(f"PORT {server.port}", flush=True)

@@ -225,6 +225,52 @@ def test_what_a_dead_process_held_for_its_client_arrives_once_in_order(redis_ser
     assert client.poll() == ["live"]
 
 
+def test_a_process_that_served_only_after_refreshes_writes_checkpoints(redis_server,
+                                                                      app_processes):
+    """An app whose start-up work keeps it from serving while the directory
+    is refreshed (``init_app`` starts the refreshes) still checkpoints its
+    clients once it serves; also where gevent did not patch the standard
+    library (the refreshes come from a thread of their own)."""
+    one = app_processes(redis_server.url, env={"SLOW_START": "1", "UNPATCHED": "1"}, **QUICK)
+    wait_up(one)
+    client = PollClient(one.base, "/chat")
+    assert json.loads(client.poll()[0])["hello"] == client.uuid
+    one.push("/chat", "queued")
+    checkpointed(redis_server.client(), client.uuid,
+                 lambda mailbox: [text for _, text in mailbox["queued"]] == ["queued"])
+
+
+def test_an_sse_stream_whose_process_died_resumes_elsewhere_once_in_order(redis_server,
+                                                                          app_processes):
+    """``kill -9`` on the process that holds an SSE client: the
+    EventSource comes back to another process with ``Last-Event-ID`` and
+    gets, in order and once, what was published while nobody held it, and
+    nothing it got before (not what it got after the last checkpoint)."""
+    one, two = (app_processes(redis_server.url, **QUICK) for _ in range(2))
+    wait_up(one, two)
+    r = redis_server.client()
+    first = StreamClient(one.base, "/chat", transport="sse")
+    assert json.loads(first.next())["hello"] == first.uuid
+    one.push("/chat", "before")
+    assert first.next() == "before"
+    checkpointed(r, first.uuid, lambda mailbox: "before" in [text for _, text in mailbox["kept"]])
+    one.push("/chat", "after")  # most likely after the last checkpoint
+    assert first.next() == "after"
+    kill(one, r)
+    first.close()
+    for i in range(3):
+        two.push("/chat", f"meanwhile{i}")
+    second = StreamClient(two.base, "/chat", transport="sse", tracking_id=first.uuid,
+                          headers={"Last-Event-ID": first.event_ids[-1]}, http=first.http)
+    got = second.take(5)
+    assert got[0].startswith(first.uuid + "|")  # the 5.x handshake, again (§2.3)
+    assert got[1:4] == ["meanwhile0", "meanwhile1", "meanwhile2"]
+    assert json.loads(got[4]) == {"hello": first.uuid, "room": None, "takeover": True}
+    two.push("/chat", "live")
+    assert second.next() == "live"
+    second.close()
+
+
 def test_a_client_whose_process_died_before_its_checkpoint_is_told_of_the_gap(
         redis_server, app_processes):
     """A process that died before it wrote a client's first checkpoint (its
