@@ -108,8 +108,9 @@ def test_long_polling_on_three_workers_without_sticky_sessions(gunicorn, redis_s
                                 FLASK_ATMOSPHERE_REDIS_PROBE_INTERVAL="0.5")
     r = redis_server.client()
     deadline = time.monotonic() + TIMEOUT
-    while len(list(r.scan_iter("atmosphere:node:*"))) < 3 + preload:  # every worker (and a preloading master)
-        assert time.monotonic() < deadline, "not every worker reached Redis"
+    while len(nodes := sorted(r.scan_iter("atmosphere:node:*"))) < 3 + preload:
+        # every worker (and a preloading master): liveness keys are pid.random
+        assert time.monotonic() < deadline, f"not every worker reached Redis: {nodes}"
         time.sleep(0.05)
     base = f"http://127.0.0.1:{port}"
 
