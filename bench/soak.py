@@ -5,7 +5,9 @@ process, each with the handshake, so each gets a directory entry), queues a
 broadcast in the mailbox of every client but its sender (so each of their
 entries carries a checkpoint with it), then lets every client go: none comes back, and each entry must leave Redis
 once its grace period is over. After each round it prints Redis's keys and
-``used_memory``; the memory must stay flat from round to round.
+``used_memory``, and how many entries the shard's stream holds (its
+history, kept ``STREAM_MAX_AGE`` seconds); once that history is at its
+bound, the memory must stay flat from round to round.
 
     python -m bench soak --clients 3000 --rounds 20
 """
@@ -21,8 +23,9 @@ from urllib.parse import urlencode
 from .backplane import RedisServer
 from .harness import Server, default_log_dir
 
-#: Short times so that a round ends soon: seconds.
-GRACE_PERIOD, PROBE_INTERVAL = 8, 0.5
+#: Short times so that a round ends soon, and the shard's stream reaches
+#: its bound (its history: publications and probes) within the run: seconds.
+GRACE_PERIOD, PROBE_INTERVAL, STREAM_MAX_AGE = 8, 0.5, 60
 
 HANDSHAKE = {"X-Atmosphere-tracking-id": "0", "X-Atmosphere-Framework": "5.0.7",
              "X-Atmosphere-Transport": "long-polling", "X-atmo-protocol": "true"}
@@ -57,7 +60,8 @@ def cmd_soak(args) -> None:
     redis_server = RedisServer(None, log_dir / "soak-redis.log")
     env = {"BENCH_REDIS_URL": redis_server.url,
            "FLASK_ATMOSPHERE_GRACE_PERIOD": str(GRACE_PERIOD),
-           "FLASK_ATMOSPHERE_REDIS_PROBE_INTERVAL": str(PROBE_INTERVAL)}
+           "FLASK_ATMOSPHERE_REDIS_PROBE_INTERVAL": str(PROBE_INTERVAL),
+           "FLASK_ATMOSPHERE_REDIS_STREAM_MAX_AGE": str(STREAM_MAX_AGE)}
     servers = [Server("atmosphere_redis", None, log_dir / f"soak-{i}.log", env=env)
                for i in range(2)]
     r = _redis(redis_server.url)
@@ -87,6 +91,8 @@ def cmd_soak(args) -> None:
                              "checkpoints_with_the_message": with_message,
                              "peak_used_memory": peak_memory, "keys_after": r.dbsize(),
                              "used_memory_after": r.info("memory")["used_memory"],
+                             "stream_entries_after": sum(r.xlen(key) for key
+                                                         in r.keys("*:stream")),
                              "seconds": round(time.monotonic() - started, 1)})
                 if not args.quiet:
                     print(json.dumps(rows[-1]), flush=True)
