@@ -73,15 +73,21 @@ class Broadcaster:
         self.positions: dict[int, tuple[str, str]] = {}
         backplane.start(self.deliver_threadsafe, self.lost_threadsafe, count)
 
-    def use(self, backplane: "Backplane", forked: bool = False) -> None:
+    def use(self, backplane: "Backplane", forked: bool = False, start: bool = True) -> None:
         """Carry broadcasts through ``backplane`` from now on (the one the
         app's configuration names, at ``init_app``), instead of the current
         one, which is stopped; unless ``forked``: it is the parent's of a
-        forked process, whose threads are not in this one."""
+        forked process, whose threads are not in this one. Not ``start``:
+        ``backplane`` waits for :meth:`start_backplane`."""
         if not forked:
             self.backplane.stop()
         self.backplane = backplane
-        backplane.start(self.deliver_threadsafe, self.lost_threadsafe, self._count)
+        if start:
+            self.start_backplane()
+
+    def start_backplane(self) -> None:
+        """Start the backplane kept by ``use(…, start=False)``."""
+        self.backplane.start(self.deliver_threadsafe, self.lost_threadsafe, self._count)
 
     def attach(self, hub: Any, replace: bool = False) -> None:
         """Adopt ``hub`` (a ``gevent.hub.Hub``) as the one that owns the

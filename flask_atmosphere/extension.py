@@ -43,6 +43,32 @@ __all__ = ["Atmosphere", "Route"]
 
 log = logging.getLogger("flask_atmosphere")
 
+#: Whether an app made in this process leaves its backplane's threads for
+#: later (see :func:`defer_backplane`), and the Atmospheres that wait.
+_deferred = False
+_waiting: "weakref.WeakSet[Atmosphere]" = weakref.WeakSet()
+
+
+def defer_backplane(deferred: bool) -> None:
+    """Say whether an app made in this process from now on starts its
+    backplane's threads at ``init_app`` (``False``, the default) or waits
+    (``True``); ``False`` starts those of every app that waited.
+
+    gunicorn's worker class defers in the master, which serves nothing and
+    forks the workers (the app is made there with ``--preload``), and starts
+    in each worker once gevent patched the standard library. A thread
+    running at a fork can leave the child a module half imported or a lock
+    held for good (Python 3.12 warns of forking with threads for this
+    reason), and one running while gevent patches can deadlock on an import.
+    """
+    global _deferred
+    _deferred = deferred
+    if not deferred:
+        for atmosphere in list(_waiting):
+            atmosphere.start_backplane()
+        _waiting.clear()
+
+
 #: The Prometheus text exposition format's media type, version 0.0.4.
 _PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -112,6 +138,7 @@ class Atmosphere:
         #: Serves requests for clients held by other processes (Redis backplane only).
         self.remote: Remote | None = None
         self._fork_safe = False  # the fork handler is registered
+        self._backplane_started = True  # Broadcaster starts the one it is given
         #: The functions registered with :meth:`before_connect`.
         self.before_connect_hooks: list[Callable[[], Any]] = []
         #: True once :meth:`shutdown` began: new clients get 503.
@@ -146,9 +173,11 @@ class Atmosphere:
                 settings.backplane, settings.redis_prefix, settings.redis_shards,
                 settings.redis_stream_max_length, settings.redis_stream_max_age,
                 settings.redis_outbox, settings.redis_probe_interval, settings.redis_timeout,
-                settings.redis_cluster))
+                settings.redis_cluster), start=False)
             self._own_backplane = True
-        self._start_forwarding()
+            self._backplane_started = False
+        self._rebuild_after_fork()
+        self._start_unless_deferred()
         for route in self._routes:
             if route.blueprint is None:
                 self._add_rule(app, route)
@@ -160,9 +189,15 @@ class Atmosphere:
         # The polls of known long-polling clients are answered before Flask.
         lean.install(self, app)
 
-    def _start_forwarding(self) -> None:
-        """With the Redis backplane, requests for clients held by another
-        process are served there (``remote.py``): no sticky sessions."""
+    def start_backplane(self) -> None:
+        """Start the backplane's threads, unless they run already; with the
+        Redis backplane, also those that serve requests for clients held by
+        other processes (``remote.py``: no sticky sessions). ``init_app``
+        calls it, unless :func:`defer_backplane` said to wait."""
+        _waiting.discard(self)
+        if not self._backplane_started:
+            self._backplane_started = True
+            self.broadcaster.start_backplane()
         backplane = self.broadcaster.backplane
         redis_backplane = sys.modules.get(f"{__package__}.backplane.redis")  # not imported: none
         if self.remote is not None or redis_backplane is None \
@@ -174,29 +209,42 @@ class Atmosphere:
                                               backplane.probe_interval, backplane.timeout,
                                               backplane.cluster))
         self.remote.start()
-        if not self._fork_safe:
-            self._fork_safe = True
-            this = weakref.ref(self)
 
-            def after_fork() -> None:
-                atmosphere = this()
-                if atmosphere is not None:
-                    atmosphere._after_fork()
-            os.register_at_fork(after_in_child=after_fork)
+    def _rebuild_after_fork(self) -> None:
+        """With the Redis backplane, have the child of a fork rebuild it
+        (:meth:`_after_fork`), once per ``Atmosphere``."""
+        redis_backplane = sys.modules.get(f"{__package__}.backplane.redis")
+        if self._fork_safe or redis_backplane is None \
+                or not isinstance(self.broadcaster.backplane, redis_backplane.RedisBackplane):
+            return
+        self._fork_safe = True
+        this = weakref.ref(self)
+
+        def after_fork() -> None:
+            atmosphere = this()
+            if atmosphere is not None:
+                atmosphere._after_fork()
+        os.register_at_fork(after_in_child=after_fork)
 
     def _after_fork(self) -> None:
         """In the child of a fork (gunicorn's ``--preload`` makes the app
         before it forks its workers): the parent's backplane and forwarding
-        threads are not here, so the child gets its own, under a name of
-        its own; else its broadcasts would never leave it."""
+        threads, if it started them, are not here, so the child gets its
+        own, under a name of its own; else its broadcasts would never leave
+        it. They start now, unless :func:`defer_backplane` said to wait."""
+        from .backplane.redis import RedisBackplane  # imported: see _rebuild_after_fork
         backplane = self.broadcaster.backplane
-        redis_backplane = sys.modules.get(f"{__package__}.backplane.redis")
-        if self.remote is None or redis_backplane is None \
-                or not isinstance(backplane, redis_backplane.RedisBackplane):
-            return
-        self.broadcaster.use(backplane.forked(), forked=True)
-        self.remote = None
-        self._start_forwarding()
+        if isinstance(backplane, RedisBackplane):
+            self.broadcaster.use(backplane.forked(), forked=True, start=False)
+            self._backplane_started = False
+            self.remote = None
+            self._start_unless_deferred()
+
+    def _start_unless_deferred(self) -> None:
+        if _deferred:
+            _waiting.add(self)
+        else:
+            self.start_backplane()
 
     def _add_stats_views(self, app: Flask, settings: Settings) -> None:
         """Serve :meth:`stats` as JSON and as Prometheus text where the

@@ -22,6 +22,7 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIServer
 
+from .extension import defer_backplane
 from .server import AtmosphereHandler, freeze_startup_objects
 
 __all__ = ["Worker"]
@@ -53,6 +54,14 @@ class Worker(GeventPyWSGIWorker):  # type: ignore[misc]
     server_class = _Server
     wsgi_handler = AtmosphereHandler
 
+    @classmethod
+    def setup(cls) -> None:
+        """Called by gunicorn as its master loads this class, before it makes
+        the app with ``--preload`` and forks the workers: an app's backplane
+        threads start in each worker, once gevent patched the standard
+        library (:meth:`load_wsgi`), never in the master, which serves nothing."""
+        defer_backplane(True)
+
     def _atmosphere(self) -> Any:
         app = getattr(self, "wsgi", None)  # None until the app is loaded
         return getattr(app, "extensions", {}).get("atmosphere")
@@ -61,6 +70,7 @@ class Worker(GeventPyWSGIWorker):  # type: ignore[misc]
         super().load_wsgi()
         freeze_startup_objects()
         atmosphere = self._atmosphere()
+        defer_backplane(False)  # patched by now: see setup
         if atmosphere is None:
             log.warning("gunicorn serves an app without an Atmosphere (is the app wrapped? "
                         "then shutdown will not say goodbye to its clients)")

@@ -4,12 +4,16 @@ configuration."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from flask import Flask
 
-from flask_atmosphere import Atmosphere, ConfigError
+from flask_atmosphere import Atmosphere, ConfigError, extension
 from flask_atmosphere.backplane import MemoryBackplane, RedisBackplane
+
+from conftest import TIMEOUT
+from redis_servers import redis_server  # noqa: F401 (a fixture)
 
 
 def test_a_bad_value_stops_init_app_naming_the_key():
@@ -54,3 +58,32 @@ def test_the_backplane_comes_from_the_configuration_at_init_app():
         assert atmosphere.stats()["backplane"]["up"] is False  # and the app serves on
     finally:
         backplane.stop()
+
+
+def test_a_deferred_backplane_starts_when_told(monkeypatch, caplog, redis_server):
+    """gunicorn's master with ``--preload`` defers (``test_gunicorn.py``:
+    each worker starts its own once patched): no threads until
+    ``defer_backplane(False)``; a broadcast made meanwhile is said to reach
+    no one."""
+    monkeypatch.setattr(extension, "_deferred", False)  # as it was, at the end
+    extension.defer_backplane(True)
+    app = Flask(__name__)
+    app.config["ATMOSPHERE_BACKPLANE"] = redis_server.url
+    atmosphere = Atmosphere(app)
+    assert atmosphere.remote is None  # no forwarding threads
+    with caplog.at_level(logging.WARNING, logger="flask_atmosphere"):
+        atmosphere.broadcast("/the-chat", "hi")
+    assert "reaches no client" in caplog.text
+    assert atmosphere.stats()["backplane"]["outbox"] == 0
+    extension.defer_backplane(False)
+    try:
+        assert atmosphere.remote is not None
+        with redis_server.client().pubsub(ignore_subscribe_messages=True) as listener:
+            listener.psubscribe("*")  # the backplane publishes now
+            atmosphere.broadcast("/the-chat", "hi")
+            deadline = time.monotonic() + TIMEOUT
+            while b"hi" not in ((listener.get_message(timeout=TIMEOUT) or {}).get("data") or b""):
+                assert time.monotonic() < deadline  # else: a probe, or a confirmation
+    finally:
+        atmosphere.remote.stop()
+        atmosphere.broadcaster.backplane.stop()

@@ -102,16 +102,20 @@ def test_long_polling_on_three_workers_without_sticky_sessions(gunicorn, redis_s
     on a new connection, so each lands on whichever worker accepts it.
     Every message reaches the other client once, in the order sent; each
     client joins once. With ``--preload`` the app (and its backplane) is
-    made before the fork: each worker must still have its own."""
+    made before the fork: each worker must still have its own, and the
+    master, which serves nothing, starts none (a thread running at a fork
+    once left a worker a half-imported module)."""
     process, port, _ = gunicorn(3, *(["--preload"] if preload else []), booted=3,
                                 FLASK_ATMOSPHERE_BACKPLANE=redis_server.url,
                                 FLASK_ATMOSPHERE_REDIS_PROBE_INTERVAL="0.5")
     r = redis_server.client()
     deadline = time.monotonic() + TIMEOUT
-    while len(nodes := sorted(r.scan_iter("atmosphere:node:*"))) < 3 + preload:
-        # every worker (and a preloading master): liveness keys are pid.random
+    while len(nodes := sorted(r.scan_iter("atmosphere:node:*"))) < 3:
+        # every worker: liveness keys are pid.random
         assert time.monotonic() < deadline, f"not every worker reached Redis: {nodes}"
         time.sleep(0.05)
+    assert not any(node.startswith(f"atmosphere:node:{process.pid}.".encode())
+                   for node in nodes)  # the master is no node
     base = f"http://127.0.0.1:{port}"
 
     def new_connection_each_time() -> requests.Session:

@@ -188,6 +188,11 @@ class RedisBackplane(Backplane):
                 ``client_filter`` to use it across processes.
             TypeError: its message is neither a string nor JSON.
         """
+        if not self._threads:  # not started: gunicorn's master with --preload
+            log.warning("a broadcast to %s before the backplane started (in gunicorn's "
+                        "master with --preload, which serves nothing) reaches no client",
+                        broadcast.path)
+            return
         with self._lock:
             self._counter += 1
             envelope_id = f"{self.origin}-{self._counter}"
