@@ -71,7 +71,8 @@ class Broadcaster:
         #: Per shard of the backplane, where the last broadcast fanned out
         #: here stands in the shard's stream: ``(epoch, entry id)``.
         self.positions: dict[int, tuple[str, str]] = {}
-        backplane.start(self.deliver_threadsafe, self.lost_threadsafe, count)
+        self._started = False
+        self.start_backplane()
 
     def use(self, backplane: "Backplane", forked: bool = False, start: bool = True) -> None:
         """Carry broadcasts through ``backplane`` from now on (the one the
@@ -82,12 +83,15 @@ class Broadcaster:
         if not forked:
             self.backplane.stop()
         self.backplane = backplane
+        self._started = False
         if start:
             self.start_backplane()
 
     def start_backplane(self) -> None:
-        """Start the backplane kept by ``use(…, start=False)``."""
-        self.backplane.start(self.deliver_threadsafe, self.lost_threadsafe, self._count)
+        """Start the backplane kept by ``use(…, start=False)``, unless it runs already."""
+        if not self._started:
+            self._started = True
+            self.backplane.start(self.deliver_threadsafe, self.lost_threadsafe, self._count)
 
     def attach(self, hub: Any, replace: bool = False) -> None:
         """Adopt ``hub`` (a ``gevent.hub.Hub``) as the one that owns the

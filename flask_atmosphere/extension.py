@@ -35,6 +35,7 @@ from .stats import Stats
 from .wire import JsonWireFormat, WireFormat
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .backplane.redis import RedisBackplane
     from .connection import Connection
     from .remote import Remote
     from .testing import TestClient
@@ -66,7 +67,6 @@ def defer_backplane(deferred: bool) -> None:
     if not deferred:
         for atmosphere in list(_waiting):
             atmosphere.start_backplane()
-        _waiting.clear()
 
 
 #: The Prometheus text exposition format's media type, version 0.0.4.
@@ -138,7 +138,6 @@ class Atmosphere:
         #: Serves requests for clients held by other processes (Redis backplane only).
         self.remote: Remote | None = None
         self._fork_safe = False  # the fork handler is registered
-        self._backplane_started = True  # Broadcaster starts the one it is given
         #: The functions registered with :meth:`before_connect`.
         self.before_connect_hooks: list[Callable[[], Any]] = []
         #: True once :meth:`shutdown` began: new clients get 503.
@@ -175,7 +174,6 @@ class Atmosphere:
                 settings.redis_outbox, settings.redis_probe_interval, settings.redis_timeout,
                 settings.redis_cluster), start=False)
             self._own_backplane = True
-            self._backplane_started = False
         self._rebuild_after_fork()
         self._start_unless_deferred()
         for route in self._routes:
@@ -195,13 +193,9 @@ class Atmosphere:
         other processes (``remote.py``: no sticky sessions). ``init_app``
         calls it, unless :func:`defer_backplane` said to wait."""
         _waiting.discard(self)
-        if not self._backplane_started:
-            self._backplane_started = True
-            self.broadcaster.start_backplane()
-        backplane = self.broadcaster.backplane
-        redis_backplane = sys.modules.get(f"{__package__}.backplane.redis")  # not imported: none
-        if self.remote is not None or redis_backplane is None \
-                or not isinstance(backplane, redis_backplane.RedisBackplane):
+        self.broadcaster.start_backplane()
+        backplane = self._redis_backplane()
+        if self.remote is not None or backplane is None:
             return
         from .backplane.forwarding import Forwarding
         from .remote import Remote
@@ -213,9 +207,7 @@ class Atmosphere:
     def _rebuild_after_fork(self) -> None:
         """With the Redis backplane, have the child of a fork rebuild it
         (:meth:`_after_fork`), once per ``Atmosphere``."""
-        redis_backplane = sys.modules.get(f"{__package__}.backplane.redis")
-        if self._fork_safe or redis_backplane is None \
-                or not isinstance(self.broadcaster.backplane, redis_backplane.RedisBackplane):
+        if self._fork_safe or self._redis_backplane() is None:
             return
         self._fork_safe = True
         this = weakref.ref(self)
@@ -232,13 +224,19 @@ class Atmosphere:
         threads, if it started them, are not here, so the child gets its
         own, under a name of its own; else its broadcasts would never leave
         it. They start now, unless :func:`defer_backplane` said to wait."""
-        from .backplane.redis import RedisBackplane  # imported: see _rebuild_after_fork
-        backplane = self.broadcaster.backplane
-        if isinstance(backplane, RedisBackplane):
+        backplane = self._redis_backplane()
+        if backplane is not None:
             self.broadcaster.use(backplane.forked(), forked=True, start=False)
-            self._backplane_started = False
             self.remote = None
             self._start_unless_deferred()
+
+    def _redis_backplane(self) -> "RedisBackplane | None":
+        """The backplane, if it is the Redis one (none if redis-py's module
+        was never imported)."""
+        module = sys.modules.get(f"{__package__}.backplane.redis")
+        backplane = self.broadcaster.backplane
+        return backplane if module is not None \
+            and isinstance(backplane, module.RedisBackplane) else None
 
     def _start_unless_deferred(self) -> None:
         if _deferred:
