@@ -239,8 +239,8 @@ class Remote:
 
     def _next_part(self, replies: "Queue[dict[str, Any]]", holder: Holder,
                    settings: "Settings") -> dict[str, Any] | None:
-        """The holder's next reply; ``None`` once it is dead (its liveness
-        key expired: checked every ``ATMOSPHERE_REDIS_PROBE_INTERVAL``) or
+        """The holder's next reply; ``None`` once it is dead
+        (``Forwarding.alive``, asked every ``ATMOSPHERE_REDIS_PROBE_INTERVAL``) or
         silent for longer than a heartbeat interval and a few Redis round
         trips, whichever comes first."""
         deadline = monotonic() + settings.heartbeat_interval + 2 * self.forwarding.timeout \

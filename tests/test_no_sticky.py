@@ -14,7 +14,7 @@ from app_processes import app_processes  # noqa: F401 (a fixture)
 from conftest import ATMOSPHERE_PARAMS, TIMEOUT, WSClient
 from flask_atmosphere.backplane.forwarding import Forwarding
 from http_clients import Decoder, PollClient, StreamClient
-from redis_servers import redis_server  # noqa: F401 (a fixture)
+from redis_servers import RedisServer, redis_server  # noqa: F401 (a fixture)
 from test_backplane import wait_up, ws
 
 QUICK = {"ATMOSPHERE_HEARTBEAT_INTERVAL": 2}
@@ -182,12 +182,37 @@ def test_a_client_whose_process_died_is_taken_over(redis_server, app_processes):
     # A client that does not say how far it got may get again what it got
     # after the last checkpoint: this one dies after a checkpoint of now.
     checkpointed(r, client.uuid, lambda mailbox: not mailbox["queued"])
-    kill(one, r)
+    kill(one, redis_server)
     hello = json.loads(on(client, two).poll()[0])
     assert hello == {"hello": client.uuid, "room": None, "takeover": True}
     two.push("/chat", "after")
     assert client.poll() == ["after"]
     assert two.stats()["connects"] == 1
+
+
+def test_a_websocket_whose_process_died_is_taken_over_at_its_first_reconnect(
+        redis_server, app_processes):
+    """``kill -9`` on the process holding a WebSocket client: its reconnect
+    to another process takes it over there at once, as soon as Redis saw
+    the dead process's connections close, long before its liveness key
+    expires (15 s here). The socket is not carried for the dead process
+    only to be closed, and opened again, once the key has expired."""
+    one, two = (app_processes(redis_server.url, ATMOSPHERE_REDIS_PROBE_INTERVAL=5, **QUICK)
+                for _ in range(2))
+    wait_up(one, two)
+    r = redis_server.client()
+    first = ws(one)  # its hello read
+    uuid, cookie = first.uuid, first.cookie
+    checkpointed(r, uuid, lambda mailbox: True)
+    dead = node_of(one, r)
+    kill(one, redis_server)
+    query = urlencode(ATMOSPHERE_PARAMS | {"X-Atmosphere-tracking-id": uuid})
+    second = WSClient(two.url("/chat") + "?" + query, track=True, cookie=cookie)
+    assert second.recv().startswith(uuid + "|")  # the 5.x handshake (§2.3)
+    assert json.loads(second.recv()) == {"hello": uuid, "room": None, "takeover": True}
+    two.push("/chat", "live")
+    assert second.recv() == "live"
+    assert r.exists(f"atmosphere:node:{dead}")  # its death was known before the key expired
 
 
 def test_what_a_dead_process_held_for_its_client_arrives_once_in_order(redis_server,
@@ -216,7 +241,7 @@ def test_what_a_dead_process_held_for_its_client_arrives_once_in_order(redis_ser
     while one.stats()["deliveries"] == delivered:  # there through Redis: not announced
         assert time.monotonic() < deadline, "the broadcast never reached `one`"
         time.sleep(0.01)
-    kill(one, r)
+    kill(one, redis_server)
     two.push("/chat", "meanwhile")
     got = on(client, two).poll_until(3)
     assert got[:2] == ["queued", "meanwhile"]
@@ -256,7 +281,7 @@ def test_an_sse_stream_whose_process_died_resumes_elsewhere_once_in_order(redis_
     checkpointed(r, first.uuid, lambda mailbox: "before" in [text for _, text in mailbox["kept"]])
     one.push("/chat", "after")  # most likely after the last checkpoint
     assert first.next() == "after"
-    kill(one, r)
+    kill(one, redis_server)
     first.close()
     for i in range(3):
         two.push("/chat", f"meanwhile{i}")
@@ -287,7 +312,7 @@ def test_a_client_whose_process_died_before_its_checkpoint_is_told_of_the_gap(
     entry = json.loads(r.get(key))
     del entry["checkpoint"]
     r.set(key, json.dumps(entry), px=r.pttl(key))
-    kill(one, r)
+    kill(one, redis_server)
     got = on(client, two).poll_until(2)
     assert [json.loads(text) for text in got] == [
         {"hello": client.uuid, "room": None, "takeover": True},
@@ -317,14 +342,24 @@ def claimed(r, uuid: str) -> None:
         time.sleep(0.01)  # written by the holder's writer thread: Redis announces nothing
 
 
-def kill(process, r) -> None:
-    """``kill -9`` on ``process``, and wait until its liveness key expired."""
-    alive = len(set(r.scan_iter("atmosphere:node:*")))
+def node_of(process, r) -> str:
+    """The name ``process`` goes by among the app's processes."""
+    keys = list(r.scan_iter(f"atmosphere:node:{process.process.pid}.*"))
+    assert len(keys) == 1, keys
+    return keys[0].decode().removeprefix("atmosphere:node:")
+
+
+def kill(process, redis_server) -> None:
+    """``kill -9`` on ``process``, and wait until the other processes can
+    tell that it died: Redis saw its connections close. Its liveness key
+    is still there (it expires three probe intervals later)."""
+    node = node_of(process, redis_server.client())
     process.kill()
+    forwarding = Forwarding(redis_server.url, "atmosphere", "tests")
     deadline = time.monotonic() + TIMEOUT
-    while len(set(r.scan_iter("atmosphere:node:*"))) != alive - 1:
+    while forwarding.alive(node):
         assert time.monotonic() < deadline, "the dead process still looks alive"
-        time.sleep(0.05)
+        time.sleep(0.01)  # Redis announces nothing
 
 
 def test_forwarding_says_once_that_it_failed_and_once_that_it_works_again(caplog):
@@ -342,6 +377,55 @@ def test_forwarding_says_once_that_it_failed_and_once_that_it_works_again(caplog
         forwarding.health("reader")
     assert [r.getMessage() for r in caplog.records][1:] == [
         "forwarding requests between processes works again"]
+
+
+def test_where_redis_refuses_client_a_process_is_dead_once_its_key_expired(caplog):
+    """A Redis that refuses ``CLIENT`` (an ACL, a managed Redis that renamed
+    it): liveness is the key's TTL alone (three probe intervals), said once."""
+    server = RedisServer(None, "--rename-command", "CLIENT", '""')
+    one, other = (Forwarding(server.url, "atmosphere", node, refresh_interval=0.2)
+                  for node in ("one", "other"))
+    try:
+        with caplog.at_level(logging.WARNING, "flask_atmosphere"):
+            one.start(lambda fn, *args: None, print, print)
+            deadline = time.monotonic() + TIMEOUT
+            while not other.alive("one"):
+                assert time.monotonic() < deadline, "its liveness key was never written"
+                time.sleep(0.01)  # written by its reader thread: Redis announces nothing
+            assert server.client().get("atmosphere:node:one") == b"1"
+            one.stop()
+            while other.alive("one"):  # until the key expired: 0.6 s
+                assert time.monotonic() < deadline, "its liveness key did not expire"
+                time.sleep(0.01)
+        assert [r.getMessage() for r in caplog.records] == [
+            "Redis refused CLIENT (unknown command 'CLIENT', with args beginning with: 'ID' ): "
+            "a process that died is known dead only once its liveness key expired, three probe "
+            "intervals later"]
+    finally:
+        one.stop()
+        server.close()
+
+
+def test_a_process_whose_connection_to_redis_broke_is_alive_again_at_once(redis_server):
+    """Its liveness key names its reader's connection: when that connection
+    breaks (here Redis closes it), the reader opens a new one and names it
+    at once, not at its next refresh (30 s here)."""
+    one, other = (Forwarding(redis_server.url, "atmosphere", node, refresh_interval=30)
+                  for node in ("one", "other"))
+    r = redis_server.client()
+    try:
+        one.start(lambda fn, *args: None, print, print)
+        deadline = time.monotonic() + TIMEOUT
+        while not other.alive("one"):
+            assert time.monotonic() < deadline, "its liveness key was never written"
+            time.sleep(0.01)  # written by its reader thread: Redis announces nothing
+        named = r.get("atmosphere:node:one")
+        assert r.client_kill_filter(_id=int(named.removeprefix(b"id:"))) == 1
+        while r.get("atmosphere:node:one") == named or not other.alive("one"):
+            assert time.monotonic() < deadline, "its new connection was not named"
+            time.sleep(0.01)
+    finally:
+        one.stop()
 
 
 def test_thousands_of_clients_leave_redis_as_it_was(redis_server, app_processes):
@@ -385,11 +469,10 @@ def test_a_quiet_moment_changes_nothing(redis_server, app_processes):
 
 def test_a_request_for_a_client_of_a_dead_process_waits_no_longer_than_its_death_shows(
         redis_server, app_processes):
-    """A poll sent on to a holder that was just killed is answered once the
-    holder's liveness key has expired (three probe intervals, 3 s here:
-    long enough for the poll to get there first on a busy machine), not
-    after a heartbeat interval (20 s here); the next poll takes over (or
-    this one does, if it gets there after the key expired)."""
+    """A poll sent on to a holder that was just killed (before Redis saw
+    its connections close) is answered once its death shows, within a
+    probe interval (1 s here), not after a heartbeat interval (20 s here);
+    the next poll takes over (or this one does, if Redis saw it first)."""
     one, two = (app_processes(redis_server.url, ATMOSPHERE_HEARTBEAT_INTERVAL=20,
                               ATMOSPHERE_REDIS_PROBE_INTERVAL=1, ATMOSPHERE_REDIS_TIMEOUT=2)
                 for _ in range(2))  # (a lookup that times out would open a client anew)

@@ -18,7 +18,12 @@ What this module keeps in Redis, under the app's prefix, each with a TTL:
   is refreshed every refresh interval while the client lives, and is
   deleted when the client ends;
 - ``{prefix}:node:{node}``: a process's liveness, for three refresh
-  intervals, refreshed every interval;
+  intervals, refreshed every interval by its reader thread; it holds the id
+  of the reader's Redis connection (``CLIENT ID``), so that a process that
+  died (``kill -9``, a crash, the OOM killer) is known dead as soon as Redis
+  saw that connection close (``CLIENT LIST ID``), not three intervals
+  later (:meth:`Forwarding.alive`): ``id:<CLIENT ID>``, or ``1`` where
+  Redis refuses ``CLIENT`` or is a Cluster;
 - ``{prefix}:{node:<node>}:inbox`` and ``…:replies``: the requests sent to a
   process and the replies it gets, streams capped at ``STREAM_MAX_LENGTH``
   entries that expire with the process's liveness (one slot per process:
@@ -70,7 +75,7 @@ class Holder:
         node: the holding process's name.
         path: the client's broadcaster path.
         binding: the SHA-256 of its resume key, or ``None`` (not bound).
-        alive: the holding process's liveness key is there.
+        alive: the holding process is alive (:meth:`Forwarding.alive`).
         handover: what the holder left for whichever takes the client over:
             when it stopped gracefully, the client's state at that instant
             (``handover.hand_over_all``); when it died, its last checkpoint
@@ -124,6 +129,9 @@ class Forwarding:
         self._threads: list[Any] = []
         self._failing: set[str] = set()  # the threads that cannot reach Redis now
         self._handed: set[str] = set()  # claims handed over: not deleted on release
+        #: Redis refused ``CLIENT LIST`` or ``CLIENT ID`` (an ACL, a managed
+        #: Redis that renamed it): liveness is the key's TTL alone.
+        self._no_client_list = cluster
 
     # -- keys --------------------------------------------------------------------
 
@@ -161,7 +169,8 @@ class Forwarding:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Stop the threads; this process's liveness key is left to expire."""
+        """Stop the threads; this process's liveness key is left to expire
+        (and its reader's connection to close, with the process)."""
         self._stopped.set()
         with self._lock:
             self._wake.notify_all()
@@ -229,8 +238,9 @@ class Forwarding:
             self._wake.notify()
 
     def holder(self, uuid: str) -> Holder | None:
-        """Who holds ``uuid``, or ``None``: a blocking Redis lookup (two
-        reads), never to be called on the hub.
+        """Who holds ``uuid``, or ``None``: a blocking Redis lookup (up to
+        three reads: the entry, then :meth:`alive`), never to be called on
+        the hub.
 
         Raises:
             redis.RedisError: Redis could not be reached.
@@ -249,19 +259,43 @@ class Forwarding:
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("a malformed directory entry for a client was skipped: %.60r", raw)
             return None
-        alive = node == self.node or bool(lookup.exists(self.node_key(node)))
+        alive = node == self.node or self.alive(node)
         if handover is None and not alive and checkpoint is not None:
             return Holder(str(node), str(path), binding, alive, checkpoint, stale=True)
         return Holder(str(node), str(path), binding, alive, handover)
 
     def alive(self, node: str) -> bool:
-        """Whether ``node``'s liveness key is there: a blocking Redis read,
-        never to be called on the hub.
+        """Whether ``node`` is alive: its liveness key is there and, outside
+        a Redis Cluster, the connection of its reader thread whose id the key
+        holds is still open. A process that died is known dead as soon as
+        Redis saw its connections close (the kernel closes them when it
+        dies), not when its key expires; a host that vanished, or a Redis
+        that refuses ``CLIENT LIST``, is known dead when the key expires
+        (three refresh intervals). A blocking Redis lookup (one or two
+        reads), never to be called on the hub.
 
         Raises:
             redis.RedisError: Redis could not be reached.
         """
-        return bool(self._lookup_client().exists(self.node_key(node)))
+        lookup = self._lookup_client()
+        value = lookup.get(self.node_key(node))
+        if value is None:
+            return False
+        connection = value[3:] if value.startswith(b"id:") else b""
+        if self._no_client_list or not connection.isdigit():
+            return True  # (an earlier version's key holds "1")
+        from redis.exceptions import ResponseError
+        try:
+            return bool(lookup.client_list(client_id=[int(connection)]))
+        except ResponseError as exc:  # an ACL, or a Redis that renamed it
+            self._client_list_refused(exc)
+            return True
+
+    def _client_list_refused(self, why: Exception) -> None:
+        if not self._no_client_list:
+            self._no_client_list = True
+            log.warning("Redis refused CLIENT (%s): a process that died is known dead only "
+                        "once its liveness key expired, three probe intervals later", why)
 
     def stream_after(self, stream: str, after: str) -> list[tuple[str, bytes]]:
         """The entries of ``stream`` (a shard's) after the entry id ``after``,
@@ -302,14 +336,20 @@ class Forwarding:
 
     # -- threads -------------------------------------------------------------------
 
-    def _client(self, blocks: float = 0.0) -> Any:
+    def _client(self, blocks: float = 0.0, retry: bool = True) -> Any:
         """A Redis client whose commands may take ``timeout`` seconds, plus
-        ``blocks`` (the longest a blocking command of it waits by design)."""
+        ``blocks`` (the longest a blocking command of it waits by design).
+        ``retry=False``: a command whose connection broke raises, instead of
+        running again on a new connection (the reader's connection is the
+        one its liveness key names)."""
         import redis  # redis-py, the "redis" extra: only with the Redis backplane
+        from redis.backoff import NoBackoff
         from redis.cluster import RedisCluster
+        from redis.retry import Retry
         kind: Any = RedisCluster if self.cluster else redis.Redis
+        options = {} if retry else {"retry": Retry(NoBackoff(), 0)}
         return kind.from_url(self.url, socket_timeout=self.timeout + blocks,
-                             socket_connect_timeout=self.timeout)
+                             socket_connect_timeout=self.timeout, **options)
 
     def _write_loop(self) -> None:
         client: Any = None
@@ -365,9 +405,8 @@ class Forwarding:
 
     def _refresh(self, pipe: Any,
                  claims: list[tuple[str, tuple[dict[str, Any], str, int]]]) -> None:
-        """This process is alive, and holds these clients."""
+        """This process holds these clients (its reader says it is alive)."""
         ttl = int(3 * self.refresh_interval * 1000)
-        pipe.set(self.node_key(self.node), "1", px=ttl)
         for stream in (self.inbox(self.node), self.replies(self.node)):
             pipe.pexpire(stream, ttl)
         for uuid, (_, text, entry_ttl) in claims:
@@ -383,20 +422,41 @@ class Forwarding:
             pipe.xadd(command[1], {"m": command[2]}, maxlen=STREAM_MAX_LENGTH, approximate=True)
             pipe.pexpire(command[1], int(3 * self.refresh_interval * 1000))
 
+    def _mark_alive(self, client: Any) -> None:
+        """Write this process's liveness key, for three refresh intervals,
+        with the id of the reader's connection ``client`` (see :meth:`alive`)."""
+        value = "1"  # (no id: the key alone tells)
+        if not self._no_client_list:
+            from redis.exceptions import ResponseError
+            try:
+                value = f"id:{client.client_id()}"
+            except ResponseError as exc:
+                self._client_list_refused(exc)
+        client.set(self.node_key(self.node), value, px=int(3 * self.refresh_interval * 1000))
+
     def _read_loop(self) -> None:
         client: Any = None
         inbox, replies = self.inbox(self.node), self.replies(self.node)
         last = {inbox: "0-0", replies: "0-0"}  # the streams are this process's own: new
+        block = min(READ_BLOCK, self.refresh_interval)
+        marked, failed = 0.0, False
         while not self._stopped.is_set():
             try:
                 if client is None:
-                    client = self._client(blocks=READ_BLOCK)
-                found = client.xread(last, block=int(READ_BLOCK * 1000), count=256)
+                    client = self._client(blocks=block, retry=False)
+                    marked = 0.0  # a new connection: its id goes into the liveness key now
+                if monotonic() - marked >= self.refresh_interval:
+                    self._mark_alive(client)
+                    marked = monotonic()
+                found = client.xread(last, block=int(block * 1000), count=256)
             except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 client = None
                 self.health("reader", exc)
-                self._stopped.wait(min(self.refresh_interval, 1.0))
+                if failed:  # at once the first time: until its new connection's id is
+                    self._stopped.wait(min(self.refresh_interval, 1.0))  # written, it looks dead
+                failed = True
                 continue
+            failed = False
             self.health("reader")
             for stream, entries in found or []:
                 name = stream.decode() if isinstance(stream, bytes) else stream
