@@ -1,8 +1,11 @@
 """The Redis backplane under load: flask-atmosphere with its memory backplane
 (one process, the default) against the same relay with the Redis backplane,
-in one process and in two processes sharing the clients.
+in one process and in two processes sharing the clients; and long-polling
+without sticky sessions: each poll to any of three processes, or always to
+one that does not hold the client.
 
-    python -m bench backplane                      # every scenario, every setup
+    python -m bench backplane                      # every scenario, the default setups
+    python -m bench backplane --only longpoll --setups redis,redis-3p,redis-2p,redis-2p-away
     python -m bench backplane --only fanout --repeat 3 --wait-quiet 20
     python -m bench backplane --quick              # toy scale (the smoke test)
 
@@ -30,13 +33,15 @@ from .harness import (Server, _cores, _pinned, _rss, default_log_dir, drive, fre
 class Setup:
     """How the relay is served: ``processes`` copies of ``server`` (a file
     in bench/servers/), sharing a Redis when ``redis``. The sender connects
-    to the first process; the receivers to each in turn."""
+    to the first process; the receivers to each in turn. ``poll_to``: where
+    each poll of a long-polling receiver goes (``bench.loadgen --poll-to``)."""
 
     name: str
     server: str
     processes: int
     redis: bool
     what: str
+    poll_to: str = "owner"
 
 
 SETUPS = {s.name: s for s in (
@@ -45,7 +50,16 @@ SETUPS = {s.name: s for s in (
     Setup("redis-2p", "atmosphere_redis", 2, True,
           "two processes, the Redis backplane, half the receivers on each, the sender on "
           "the first; both on the server's core"),
+    Setup("redis-3p", "atmosphere_redis", 3, True,
+          "three processes, the Redis backplane, the receivers opened on each in turn, each "
+          "poll sent to one drawn at random (no sticky sessions: two polls in three are "
+          "forwarded to the holder); all on the server's core", poll_to="any"),
+    Setup("redis-2p-away", "atmosphere_redis", 2, True,
+          "as redis-2p, but every poll is sent to the process that does not hold its "
+          "client, which forwards it to the holder", poll_to="away"),
 )}
+#: The setups run when --setups is not given.
+DEFAULT_SETUPS = "memory,redis,redis-2p"
 
 #: (name, what it shows, load)
 SCENARIOS = [
@@ -55,12 +69,16 @@ SCENARIOS = [
      dict(clients=1000, messages=100, rate=10)),
     ("latency-100", "N=100 at 10 broadcasts/s: latency with little fan-out, i.e. mostly "
      "the backplane's own", dict(clients=100, messages=100, rate=10)),
+    ("longpoll", "N=200 long-polling receivers, window 20: deliveries/s, latency and CPU per "
+     "poll, polls answered by the holder or forwarded to it",
+     dict(clients=200, messages=2000, window=20, transport="poll")),
 ]
 
 #: --quick: the same at toy scale
 QUICK = {"fanout": dict(clients=20, messages=60, rate=0, window=4),
          "latency": dict(clients=20, messages=20, rate=20),
-         "latency-100": dict(clients=5, messages=20, rate=20)}
+         "latency-100": dict(clients=5, messages=20, rate=20),
+         "longpoll": dict(clients=10, messages=60, window=4, transport="poll")}
 
 
 class RedisServer:
@@ -106,9 +124,9 @@ class RedisServer:
 
 
 def run_setup(setup: Setup, *, clients: int, messages: int, rate: float = 0, window: int = 0,
-              size: int = 150, idle_timeout: float = 5.0, max_seconds: float = 120.0,
-              wait_quiet: float = 0.0, rev: str | None = None, verbose: bool = True,
-              log_dir: Path | None = None) -> dict:
+              transport: str = "ws", size: int = 150, idle_timeout: float = 5.0,
+              max_seconds: float = 120.0, wait_quiet: float = 0.0, rev: str | None = None,
+              verbose: bool = True, log_dir: Path | None = None) -> dict:
     """One setup, one load: start Redis (if the setup has it) and the
     server processes on the server's core, drive them from the load
     generator on the other core, stop everything; the load generator's
@@ -127,11 +145,13 @@ def run_setup(setup: Setup, *, clients: int, messages: int, rate: float = 0, win
             servers.append(Server(setup.server, server_core, log_dir / f"{setup.name}-{k}.log",
                                   package, env))
         command = loadgen_command(
-            servers[0].port, [s.pid for s in servers], "plain", clients=clients,
+            servers[0].port, [s.pid for s in servers], "plain", transport=transport,
+            clients=clients,
             messages=messages, rate=rate, window=window, size=size, idle_timeout=idle_timeout,
             max_seconds=max_seconds,
             receiver_ports=[s.port for s in servers] if len(servers) > 1 else None,
-            aux_pids=[redis.pid] if redis else None)
+            aux_pids=[redis.pid] if redis else None,
+            poll_to=setup.poll_to if transport == "poll" else "owner")
         limit = 120 + max_seconds + idle_timeout + clients / 20
         result = drive(command, setup.name, loadgen_core, log_dir, limit, None, verbose)
         result.update(server=setup.name, processes=setup.processes, redis=setup.redis,
@@ -171,8 +191,18 @@ def backplane_table(runs: dict[str, list[dict]], reference: str = "memory") -> s
     def p50(r: dict):
         return r["latency_ms"]["p50"]
 
+    polls = any(r.get("polls_run") for rs in runs.values() for r in rs)
+    if polls:  # long-polling: what a poll costs, the servers' CPU and Redis's together
+        head[-1:-1] = ["polls", "CPU µs/poll (servers + Redis)", f"×{reference}"]
+        rows[1] = ["---"] * len(head)
+
+    def per_poll(r: dict):
+        if not r.get("polls_run"):
+            return None
+        return r["server_cpu_us_per_poll"] + (r.get("aux_cpu_us_per_poll") or 0)
+
     for name, rs in runs.items():
-        rows.append([
+        row = [
             name, str(rs[0]["processes"]),
             med(rs, lambda r: r["deliveries_per_s"], 0), ratio(rs, lambda r: r["deliveries_per_s"]),
             med(rs, p50, 2), med(rs, lambda r: r["latency_ms"]["p90"], 2),
@@ -184,7 +214,11 @@ def backplane_table(runs: dict[str, list[dict]], reference: str = "memory") -> s
             f'{100 * cli._median([r["loadgen_cpu_util"] for r in rs]):.0f}%',
             "/".join(str(sum(r[k] for r in rs)) for k in ("lost", "duplicates", "out_of_order")),
             ", ".join(cli._fmt(r["deliveries_per_s"], 0) for r in rs),
-        ])
+        ]
+        if polls:
+            row[-1:-1] = [med(rs, lambda r: r.get("polls_run"), 0), med(rs, per_poll, 1),
+                          ratio(rs, per_poll)]
+        rows.append(row)
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -266,7 +300,7 @@ def add_parser(sub) -> None:
     """The ``backplane`` command of ``python -m bench``."""
     parser = sub.add_parser("backplane", help="the Redis backplane against the memory one, "
                                               "one process and two")
-    parser.add_argument("--setups", default=",".join(SETUPS),
+    parser.add_argument("--setups", default=DEFAULT_SETUPS,
                         help=f"comma-separated, of {', '.join(SETUPS)}; the first is the "
                              "reference of the ratio columns")
     parser.add_argument("--only", default=None,

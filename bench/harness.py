@@ -300,11 +300,13 @@ def loadgen_command(port: int, pids: list[int], protocol: str, *, transport: str
                     clients: int = 100, messages: int = 200, rate: float = 0, window: int = 0,
                     size: int = 150, idle_timeout: float = 5.0, max_seconds: float = 300.0,
                     connect_concurrency: int = 100, receiver_ports: list[int] | None = None,
-                    aux_pids: list[int] | None = None) -> list[str]:
+                    aux_pids: list[int] | None = None, poll_to: str = "owner") -> list[str]:
     """The load generator's command line: the sender on ``port``, the
     receivers on ``receiver_ports`` in turn (default: ``port`` too), the
     server's CPU time summed over ``pids``, and that of ``aux_pids`` (what
-    the server needs besides itself, such as redis-server) apart."""
+    the server needs besides itself, such as redis-server) apart;
+    ``poll_to``: where each poll of a long-polling receiver goes (the
+    load generator's ``--poll-to``)."""
     command = [sys.executable, "-m", "bench.loadgen", "--port", str(port),
                "--server-pid", ",".join(map(str, pids)), "--protocol", protocol,
                "--transport", transport, "--clients", str(clients),
@@ -316,6 +318,8 @@ def loadgen_command(port: int, pids: list[int], protocol: str, *, transport: str
         command += ["--receiver-ports", ",".join(map(str, receiver_ports))]
     if aux_pids:
         command += ["--aux-pid", ",".join(map(str, aux_pids))]
+    if poll_to != "owner":
+        command += ["--poll-to", poll_to]
     return command
 
 

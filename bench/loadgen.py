@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import resource
 import sys
@@ -285,15 +286,25 @@ class Poller:
     protocol (handshake, tracking id, length-framed messages), ``socketio``
     Engine.IO v4 polling."""
 
-    def __init__(self, run: Run, protocol: str, session, base: str):
+    def __init__(self, run: Run, protocol: str, session, base: str,
+                 bases: list[str] | None = None, poll_to: str = "owner"):
         self.run = run
         self.protocol = protocol
         self.session = session
         self.base = base
+        #: where its polls go (``--poll-to``): the base that opened it, the
+        #: next of ``bases`` after it, or any of ``bases``, drawn per poll
+        others = bases or [base]
+        self.poll_bases = {"owner": [base], "any": others,
+                           "away": [others[(others.index(base) + 1) % len(others)]]}[poll_to]
         self.ready = False
         self.seen = None
         self.top = -1
         self.url = None
+        #: the cookies its first answer set (the resume key its client is
+        #: bound to), sent with each poll: the session keeps none (one jar
+        #: would mix the receivers' keys, and aiohttp's takes none from an IP)
+        self.headers: dict[str, str] = {}
         self.polls = 0
 
     async def open(self) -> None:
@@ -303,6 +314,10 @@ class Poller:
                    "&X-Atmosphere-TrackMessageSize=true&Content-Type=application/json")
             async with self.session.get(url + "&X-Atmosphere-tracking-id=0") as response:
                 body = await response.text()
+                cookies = "; ".join(f"{name}={morsel.value}"
+                                    for name, morsel in response.cookies.items())
+            if cookies:
+                self.headers = {"Cookie": cookies}
             uuid = body.split("|")[1]
             self.url = url + "&X-Atmosphere-tracking-id=" + uuid
         else:
@@ -328,8 +343,12 @@ class Poller:
     async def _loop(self, stop: asyncio.Event) -> None:
         run, session, url = self.run, self.session, self.url
         plain = self.protocol == "plain"
+        path = url.removeprefix(self.base)
+        bases, headers = self.poll_bases, self.headers
         while not stop.is_set():
-            async with session.get(url) as response:
+            if len(bases) > 1 or bases[0] != self.base:
+                url = random.choice(bases) + path
+            async with session.get(url, headers=headers) as response:
                 body = await response.text()
                 status = response.status
             self.polls += 1
@@ -402,6 +421,9 @@ async def main(args) -> dict:
     if args.clients + 64 > want:
         raise SystemExit(f"the file-descriptor limit {hard} is too low for {args.clients} clients")
 
+    if args.poll_to != "owner" and (args.transport, args.protocol) != ("poll", "plain"):
+        raise SystemExit("--poll-to is for Atmosphere long-polling (--transport poll, "
+                         "--protocol plain)")
     server = ServerProc(args.server_pid)
     aux = ServerProc(args.aux_pid) if args.aux_pid else None
     WsClient = make_ws_listener_class()
@@ -444,12 +466,14 @@ async def main(args) -> dict:
         import aiohttp
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            cookie_jar=aiohttp.DummyCookieJar(),  # each poller keeps its own (Poller.headers)
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=args.connect_timeout,
                                           sock_read=120))
 
         async def open_one():
             start = perf()
-            poller = Poller(run, protocol, session, f"http://{next_host()}")
+            poller = Poller(run, protocol, session, f"http://{next_host()}",
+                            [f"http://{host}" for host in receiver_hosts], args.poll_to)
             await poller.open()
             connect_times.append(perf() - start)
             return poller
@@ -509,6 +533,7 @@ async def main(args) -> dict:
     lag_max = 0.0
 
     log(f"phase: run {m} messages, rate {rate or 'max'}, window {window or '-'}")
+    polls0 = sum(p.polls for p in pollers)
     cores0, cpu0, own0 = core_times(), server.cpu_each_s(), own_cpu_s()
     aux0 = aux.cpu_s() if aux else 0.0
     t0 = perf()
@@ -553,6 +578,7 @@ async def main(args) -> dict:
     t_end = run.last_delivery if run.deliveries else perf()
     cpu1, own1, cores1 = server.cpu_each_s(), own_cpu_s(), core_times()
     aux1 = aux.cpu_s() if aux else 0.0
+    polls = sum(p.polls for p in pollers) - polls0
     log("phase: done")
     wall = max(t_end - t0, 1e-9)
     server_cpu = sum(cpu1) - sum(cpu0)
@@ -595,6 +621,11 @@ async def main(args) -> dict:
                                           if run.deliveries else None)
     if pollers:
         out["polls"] = sum(p.polls for p in pollers)
+        # the polls answered during the run, and what each cost the servers (and Redis)
+        out["polls_run"] = polls
+        out["server_cpu_us_per_poll"] = round(server_cpu * 1e6 / polls, 2) if polls else None
+        if aux is not None:
+            out["aux_cpu_us_per_poll"] = round((aux1 - aux0) * 1e6 / polls, 2) if polls else None
     # tidy up, without waiting for the server
     stop_polling.set()
     for task in poll_tasks:
@@ -772,6 +803,11 @@ def parse_args(argv=None):
     parser.add_argument("--protocol", choices=["plain", "socketio"], default="plain")
     parser.add_argument("--transport", choices=["ws", "poll"], default="ws",
                         help="how the receivers connect (the sender always uses a WebSocket)")
+    parser.add_argument("--poll-to", choices=["owner", "away", "any"], default="owner",
+                        help="--transport poll: where each poll of a receiver goes: the "
+                             "process that opened it (owner), always the next one of "
+                             "--receiver-ports (away), or one drawn at random per poll (any: "
+                             "no sticky sessions; the Atmosphere protocol only)")
     parser.add_argument("--clients", type=int, default=100, help="receivers (N)")
     parser.add_argument("--messages", type=int, default=200, help="messages to send (M)")
     parser.add_argument("--rate", type=float, default=0,

@@ -149,3 +149,23 @@ def test_cli_backplane(tmp_path):
         _check(result, 20, 60)
         assert ("aux_cpu_s" in result) == (name != "memory")
     assert len(runs["redis-2p"][0]["server_cpu_s_each"]) == 2
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_cli_backplane_longpoll_without_sticky_sessions(tmp_path):
+    """``backplane --only longpoll``: long-polling receivers whose polls go
+    to a process drawn at random (of three), or always to the one that does
+    not hold their client, get every message once and in order; the polls
+    and what each cost are counted."""
+    out = tmp_path / "longpoll.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "backplane", "-q", "--quick", "--only", "longpoll",
+         "--setups", "redis-2p,redis-2p-away,redis-3p", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "CPU µs/poll (servers + Redis)" in proc.stdout
+    runs = json.loads(out.read_text())["scenarios"]["longpoll"]["runs"]
+    assert list(runs) == ["redis-2p", "redis-2p-away", "redis-3p"]
+    for name, (result,) in runs.items():
+        _check(result, 10, 60)
+        assert result["polls_run"] > 0 and result["aux_cpu_us_per_poll"] is not None
