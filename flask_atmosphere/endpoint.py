@@ -230,7 +230,10 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
     assert transport is not None
     if isinstance(decision, Refusal):
         return _refuse(decision, upgraded)
-    holder = _held_elsewhere(atmosphere, chosen) if existing is None else None
+    # (A poll or a stream served by the holder may take a holder found
+    # before: one that holds the client no more answers it empty.)
+    holder = _held_elsewhere(atmosphere, chosen, known=transport != "websocket") \
+        if existing is None else None
     takeover, handover = False, None  # handover: what a process that stopped left for it
     if holder is not None and not _may_act(settings, holder):
         # Held elsewhere, and this request may not act for it: a client of
@@ -404,14 +407,15 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
 FORWARDED = ("long-polling", "jsonp", "sse", "streaming", "websocket")
 
 
-def _held_elsewhere(atmosphere: "Atmosphere", chosen: Plan) -> "Holder | None":
+def _held_elsewhere(atmosphere: "Atmosphere", chosen: Plan, known: bool = False
+                    ) -> "Holder | None":
     """The other process that holds the client the request names, alive or
-    dead, if the Redis backplane says one does."""
+    dead, if the Redis backplane says one does (``known``: see ``Remote.holder``)."""
     remote, params = atmosphere.remote, chosen.params
     if remote is None or params is None or not isinstance(chosen.client, Open) \
             or chosen.client.uuid != params.tracking_id:
         return None  # only a valid tracking id that no client here holds
-    return remote.holder(params.tracking_id)
+    return remote.holder(params.tracking_id, known)
 
 
 def _may_act(settings: "Settings", holder: "Holder") -> bool:

@@ -15,7 +15,8 @@ holder: a poll that lands elsewhere is one more request of the same client.
 from __future__ import annotations
 
 import logging
-import secrets
+import itertools
+from collections import OrderedDict
 from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -52,6 +53,14 @@ LOOKUP_THREADS = 4
 #: What the holder answers when it does not hold the client (any more).
 GONE = "gone"
 
+#: Clients whose holder is kept here once looked up (the least recently used go first).
+KNOWN_HOLDERS = 65_536
+#: Seconds that whether a process is alive, once looked up, is taken as known.
+LIVENESS_KNOWN_FOR = 0.25
+#: Seconds a request sent to a holder waits for its first answer before it
+#: asks whether the holder is alive (it may have died just before).
+FIRST_LOOK = 0.5
+
 
 class HolderSilent(Exception):
     """The holding process did not answer in time."""
@@ -73,8 +82,14 @@ class Remote:
         self._pool: ThreadPool | None = None  # made on the hub, on first use
         #: ``handover.checkpoint_all``, while it runs.
         self._checkpoints: "gevent.Greenlet[..., None] | None" = None
-        #: The polls served here for other processes, by request id.
-        self._serving: dict[str, tuple[Any, Carrier]] = {}
+        #: The polls and streams served here for other processes, by
+        #: (requester, request id).
+        self._serving: dict[tuple[str, str], tuple[Any, Carrier]] = {}
+        self._rids = itertools.count()  # request ids: this process's replies stream is its own
+        #: Who holds a client, as a lookup found it (see :meth:`holder`).
+        self._holders: OrderedDict[str, Holder] = OrderedDict()
+        #: node -> (alive, when it was looked up: ``monotonic()``)
+        self._liveness: dict[str, tuple[bool, float]] = {}
 
     def start(self) -> None:
         """Start the forwarding threads; requests and replies are handled on the hub."""
@@ -132,18 +147,58 @@ class Remote:
 
     # -- the requester's side ------------------------------------------------------
 
-    def holder(self, tracking_id: str) -> Holder | None:
+    def holder(self, tracking_id: str, known: bool = False) -> Holder | None:
         """The process, not this one, that holds ``tracking_id`` (see
         ``Holder.alive``), or ``None``. Waits for Redis in threads of its
         own (:meth:`lookups`), never on the hub; a Redis that cannot be
-        reached counts as nobody."""
+        reached counts as nobody.
+
+        ``known=True`` (a poll or a stream, served by the holder as its own,
+        which answers that it holds the client no more if so): a live holder
+        found before is taken as it is while its process is known alive
+        (looked up at most every ``LIVENESS_KNOWN_FOR`` seconds), saving
+        the lookup's three Redis reads. A request whose client's holder
+        may have changed since (a message, a goodbye: run once, where the
+        client is) looks it up afresh."""
+        if known:
+            kept = self._holders.get(tracking_id)
+            if kept is not None and self._alive(kept.node):  # (not None either)
+                self._holders.move_to_end(tracking_id)
+                return kept
+        self.forget(tracking_id)
         try:
             found: Holder | None = self.look_up(self.forwarding.holder, tracking_id)
         except Exception:  # noqa: BLE001 -- Redis away: served here, as without it
             return None
         if found is None or found.node == self.forwarding.node:
             return None
+        if found.alive and found.handover is None:
+            self._liveness[found.node] = (True, monotonic())
+            self._holders[tracking_id] = found
+            if len(self._holders) > KNOWN_HOLDERS:
+                self._holders.popitem(last=False)
         return found
+
+    def forget(self, tracking_id: str) -> None:
+        """Who holds ``tracking_id`` is to be looked up afresh next time."""
+        self._holders.pop(tracking_id, None)
+
+    def _alive(self, node: str) -> bool | None:
+        """Whether ``node`` is alive, looked up at most every
+        ``LIVENESS_KNOWN_FOR`` seconds (the requests waiting on it share
+        it); ``None`` if Redis cannot tell."""
+        known = self._liveness.get(node)
+        if known is not None and monotonic() - known[1] < LIVENESS_KNOWN_FOR:
+            return known[0]
+        try:
+            alive = bool(self.look_up(self.forwarding.alive, node))
+        except Exception:  # noqa: BLE001 -- Redis away: nobody can tell
+            return None
+        if alive:
+            self._liveness[node] = (alive, monotonic())
+        else:
+            self._liveness.pop(node, None)
+        return alive
 
     @staticmethod
     def may_act(holder: Holder, path: str, resume_key: str | None) -> bool:
@@ -158,7 +213,7 @@ class Remote:
         """Send a request of ``kind`` for ``uuid`` to ``holder``. Returns its
         id and the queue its answer's parts arrive in (:meth:`close` it
         when done)."""
-        rid = secrets.token_hex(8)
+        rid = str(next(self._rids))
         replies: Queue[dict[str, Any]] = Queue()
         self._pending[rid] = replies
         self.forwarding.send(holder.node, {"kind": kind, "rid": rid, "from": self.forwarding.node,
@@ -198,7 +253,7 @@ class Remote:
         def left() -> None:
             self.forwarding.send(holder.node, {"kind": "cancel", "rid": rid,
                                                "from": self.forwarding.node, "uuid": uuid})
-            replies.put({GONE: True})
+            replies.put({"left": True})
 
         def respond(start_response: Callable[..., Any], status: str,
                     own: list[tuple[str, str]]) -> Iterable[bytes]:
@@ -210,12 +265,15 @@ class Remote:
                     if part is None:
                         log.warning("the holder %s of client %s stopped answering a %s",
                                     holder.node, uuid, kind)
+                        self._lost(holder.node, uuid)
                         if write is None:
                             start_response("504 Gateway Timeout", own)
                         return []
-                    if part.get(GONE):
+                    if part.get(GONE) or part.get("left"):
+                        if part.get(GONE):  # it holds the client no more: an empty
+                            self.forget(uuid)  # answer, and the next request looks again
                         if write is None:
-                            start_response("410 Gone", own)
+                            start_response("200 OK", own)
                         return []
                     if write is None:
                         names = {name.lower() for name, _ in own}
@@ -239,25 +297,30 @@ class Remote:
 
     def _next_part(self, replies: "Queue[dict[str, Any]]", holder: Holder,
                    settings: "Settings") -> dict[str, Any] | None:
-        """The holder's next reply; ``None`` once it is dead
-        (``Forwarding.alive``, asked every ``ATMOSPHERE_REDIS_PROBE_INTERVAL``) or
-        silent for longer than a heartbeat interval and a few Redis round
+        """The holder's next reply; ``None`` once it is dead (``_alive``:
+        asked after ``FIRST_LOOK`` seconds, for a holder that died just
+        before the request came, then every ``ATMOSPHERE_REDIS_PROBE_INTERVAL``)
+        or silent for longer than a heartbeat interval and a few Redis round
         trips, whichever comes first."""
         deadline = monotonic() + settings.heartbeat_interval + 2 * self.forwarding.timeout \
             + self.forwarding.refresh_interval + 1
+        step = min(FIRST_LOOK, self.forwarding.refresh_interval)
         while True:
             left = deadline - monotonic()
             try:
-                return replies.get(timeout=max(0.0, min(self.forwarding.refresh_interval, left)))
+                return replies.get(timeout=max(0.0, min(step, left)))
             except Empty:
                 pass
-            if left <= self.forwarding.refresh_interval:
+            if left <= step:
                 return None
-            try:
-                if not self.look_up(self.forwarding.alive, holder.node):
-                    return None
-            except Exception:  # noqa: BLE001 -- Redis away: nobody can tell; wait on
-                pass
+            if self._alive(holder.node) is False:  # (None: Redis cannot tell; wait on)
+                return None
+            step = self.forwarding.refresh_interval
+
+    def _lost(self, node: str, uuid: str) -> None:
+        """``node``, holding ``uuid``, stopped answering: both are looked up afresh."""
+        self.forget(uuid)
+        self._liveness.pop(node, None)
 
     def _on_reply(self, message: dict[str, Any]) -> None:
         replies = self._pending.get(str(message.get("rid")))
@@ -279,7 +342,7 @@ class Remote:
             self.forwarding.send(requester, {"rid": rid, **part}, reply=True)
 
         if kind == "cancel":  # the peer of a poll or stream left the other process
-            served = self._serving.get(rid)
+            served = self._serving.get((requester, rid))
             if served is not None:
                 served[0].lost(served[1])
             return
@@ -322,7 +385,12 @@ class Remote:
             head[:] = [status, headers]
             return write
 
+        whole: list[str] = []  # a poll's answer: sent whole, with its end (one message)
+
         def write(data: bytes) -> None:
+            if kind == "poll":
+                whole.append(data.decode("latin-1"))
+                return
             part: dict[str, Any] = {"data": data.decode("latin-1")}
             if head:
                 part["status"], part["headers"] = head
@@ -343,21 +411,22 @@ class Remote:
             assert attached is not None  # serve() attached it
             carrier = attached
             answer = partial(response, {"REQUEST_METHOD": "GET"}, start_response)
-        self._serving[rid] = (connection, carrier)
+        self._serving[requester, rid] = (connection, carrier)
         watch = gevent.spawn(self._watch_requester, requester, connection, carrier) \
             if kind == "stream" else None
         try:
             answer()
         finally:
-            self._serving.pop(rid, None)
+            self._serving.pop((requester, rid), None)
             if watch is not None:
                 watch.kill()
         close = connection.mailbox.close_request  # the server closed the client: say how
-        closing = {"close": [close.code, close.reason]} if close is not None else {}
-        if head:  # answered with nothing at all
-            reply(status=head[0], headers=head[1], data="", end=True, **closing)
-        else:
-            reply(end=True, **closing)
+        end: dict[str, Any] = {"end": True}
+        if close is not None:
+            end["close"] = [close.code, close.reason]
+        if head:  # a poll's answer, or a stream that wrote nothing
+            end.update(status=head[0], headers=head[1], data="".join(whole))
+        reply(**end)
 
     @staticmethod
     def _pump_websocket(connection: Connection, carrier: Carrier,
@@ -394,9 +463,13 @@ class Remote:
 
         def downstream() -> None:
             while True:
-                part = self._next_part(replies, holder, settings) or {GONE: True}
+                part = self._next_part(replies, holder, settings)
+                if part is None:
+                    self._lost(holder.node, uuid)
+                    part = {GONE: True}
                 try:
                     if part.get(GONE):
+                        self.forget(uuid)
                         send(close_frame(1011, "the client's holder did not answer"))
                         break
                     if part.get("data"):

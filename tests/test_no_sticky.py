@@ -60,6 +60,25 @@ def test_polls_posts_and_goodbye_on_any_process(redis_server, app_processes):
     assert stats[0]["connects"] == 2 and stats[1].get("connects", 0) == 0
 
 
+def test_a_poll_for_a_client_its_holder_holds_no_more_is_answered_empty(redis_server,
+                                                                         app_processes):
+    """A process keeps who holds a client it forwarded a poll for, without
+    looking it up again. If the holder holds the client no more (here it
+    said goodbye there), the next poll sent there is answered 200 with
+    nothing (a client polls again; an error status would read as a
+    refusal), and the one after is served afresh: nobody holds the client,
+    so it opens there, with its tracking id."""
+    one, two = (app_processes(redis_server.url, **QUICK) for _ in range(2))
+    wait_up(one, two)
+    client = PollClient(one.base, "/chat")
+    assert json.loads(on(client, two).poll()[0])["hello"] == client.uuid  # served by `one`
+    assert on(client, one).close().status_code == 200
+    response = on(client, two).http.get(client.url, params=client.query(), timeout=TIMEOUT)
+    assert (response.status_code, response.text) == (200, "")
+    assert json.loads(client.poll()[0]) == {"hello": client.uuid, "room": None}
+    assert one.stats()["connects"] == 1 and two.stats()["connects"] == 1
+
+
 def test_a_request_that_may_not_act_for_the_client_is_not_forwarded(redis_server,
                                                                    app_processes):
     """Without the resume key the client is bound to, a request that names
@@ -502,7 +521,8 @@ def test_a_graceful_stop_hands_its_clients_over_and_loses_no_message(redis_serve
     wait_up(one, two)
     here, there = ws(one), ws(two)  # witnesses: each process has fanned out what they saw
     client = PollClient(one.base, "/chat", acks=True)
-    assert json.loads(client.poll()[0])["hello"] == client.uuid
+    # Served by `one` through `two`, which keeps that `one` holds it.
+    assert json.loads(on(client, two).poll()[0])["hello"] == client.uuid
     for i in range(3):  # queued on `one`: the client does not poll meanwhile
         one.push("/chat", f"queued{i}")
     assert [here.recv() for _ in range(3)] == [f"queued{i}" for i in range(3)]
