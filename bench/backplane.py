@@ -72,13 +72,17 @@ SCENARIOS = [
     ("longpoll", "N=200 long-polling receivers, window 20: deliveries/s, latency and CPU per "
      "poll, polls answered by the holder or forwarded to it",
      dict(clients=200, messages=2000, window=20, transport="poll")),
+    ("longpoll-rate", "N=100 long-polling receivers at 5 broadcasts/s, the same load for "
+     "every setup: latency and CPU per poll", dict(clients=100, messages=150, rate=5,
+                                                   transport="poll")),
 ]
 
 #: --quick: the same at toy scale
 QUICK = {"fanout": dict(clients=20, messages=60, rate=0, window=4),
          "latency": dict(clients=20, messages=20, rate=20),
          "latency-100": dict(clients=5, messages=20, rate=20),
-         "longpoll": dict(clients=10, messages=60, window=4, transport="poll")}
+         "longpoll": dict(clients=10, messages=60, window=4, transport="poll"),
+         "longpoll-rate": dict(clients=5, messages=20, rate=20, transport="poll")}
 
 
 class RedisServer:
