@@ -385,10 +385,13 @@ class Remote:
             head[:] = [status, headers]
             return write
 
-        whole: list[str] = []  # a poll's answer: sent whole, with its end (one message)
+        # A poll's answer: sent whole, with its end (one message). Not the
+        # headers that the first poll of a client sends at once, alone
+        # (``Poll.respond``): they go now.
+        whole: list[str] = []
 
         def write(data: bytes) -> None:
-            if kind == "poll":
+            if kind == "poll" and data:
                 whole.append(data.decode("latin-1"))
                 return
             part: dict[str, Any] = {"data": data.decode("latin-1")}
@@ -425,7 +428,9 @@ class Remote:
         if close is not None:
             end["close"] = [close.code, close.reason]
         if head:  # a poll's answer, or a stream that wrote nothing
-            end.update(status=head[0], headers=head[1], data="".join(whole))
+            end.update(status=head[0], headers=head[1], data="")
+        if whole:
+            end["data"] = "".join(whole)
         reply(**end)
 
     @staticmethod
@@ -467,9 +472,10 @@ class Remote:
                 if part is None:
                     self._lost(holder.node, uuid)
                     part = {GONE: True}
+                elif part.get(GONE):
+                    self.forget(uuid)
                 try:
                     if part.get(GONE):
-                        self.forget(uuid)
                         send(close_frame(1011, "the client's holder did not answer"))
                         break
                     if part.get("data"):

@@ -60,6 +60,22 @@ def test_polls_posts_and_goodbye_on_any_process(redis_server, app_processes):
     assert stats[0]["connects"] == 2 and stats[1].get("connects", 0) == 0
 
 
+def test_a_held_poll_sent_on_to_the_holder_sends_its_headers_at_once(redis_server,
+                                                                     app_processes):
+    """The first poll of a client after its handshake sends its headers at
+    once (the clients fire ``open`` on them, §4.2), on another process too."""
+    one, two = (app_processes(redis_server.url, ATMOSPHERE_HEARTBEAT_INTERVAL=30)
+                for _ in range(2))
+    wait_up(one, two)
+    client = PollClient(one.base, "/quiet")
+    client.url = two.base + "/quiet"
+    # stream=True returns as soon as the headers are in: with the poll still held.
+    held = client.http.get(client.url, params=client.query(), stream=True, timeout=TIMEOUT)
+    assert held.status_code == 200
+    one.push("/quiet", "now")
+    assert Decoder(True).feed(held.raw.read().decode()) == ["now"]
+
+
 def test_a_poll_for_a_client_its_holder_holds_no_more_is_answered_empty(redis_server,
                                                                          app_processes):
     """A process keeps who holds a client it forwarded a poll for, without
