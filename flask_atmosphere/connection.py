@@ -23,6 +23,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from greenlet import GreenletExit
 
+from . import handover
 from .broadcast import Broadcast
 from .decisions import Refusal
 from .events import (ClientDisconnected, Connected, Disconnected, Error, MessagesLost,
@@ -435,6 +436,13 @@ class Connection:
             self._opening = False
         kicked = self._kicked
         if kicked is None:
+            if remote is not None and self.resumable:
+                # Its first checkpoint, with what Connected sent it (no yield
+                # since it returned): if this process dies before the next
+                # refresh, a taker goes on from here, not from nothing.
+                record = handover.checkpoint_of(remote, self)
+                if record is not None:
+                    remote.forwarding.checkpoint(self.uuid, record)
             return None
         self._kicked = None
         request = CloseRequest(kicked.code, kicked.reason, False, kicked.error, kicked.final)

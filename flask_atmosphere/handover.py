@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
     from .remote import Remote
 
-__all__ = ["hand_over_all", "checkpoint_all", "go_on"]
+__all__ = ["hand_over_all", "checkpoint_all", "checkpoint_of", "go_on"]
 
 log = logging.getLogger("flask_atmosphere")
 
@@ -111,25 +111,36 @@ def checkpoint_all(remote: "Remote") -> None:
 
 
 def _checkpoint(remote: "Remote", connections: list["Connection"]) -> None:
+    for connection in connections:
+        if connection.mailbox.closed or connection.finished:
+            continue
+        record = checkpoint_of(remote, connection)
+        if record is not None:
+            remote.forwarding.checkpoint(connection.uuid, record)
+
+
+def checkpoint_of(remote: "Remote", connection: "Connection") -> dict[str, Any] | None:
+    """The checkpoint of ``connection`` now (its mailbox, and where the
+    last broadcast fanned out here stands in its shard's stream), or
+    ``None`` if it has not changed since the last one, or where the shard
+    stands is not known yet. Called on the hub, with no yield since the
+    mailbox and the shard's position were last touched together (between
+    two fan-outs, or as the client registers)."""
     broadcaster = remote.atmosphere.broadcaster
     backplane: RedisBackplane = broadcaster.backplane  # type: ignore[assignment]
-    for connection in connections:
-        mailbox = connection.mailbox
-        if mailbox.closed or connection.finished:
-            continue
-        shard = shard_of(connection.path, backplane.shards)
-        position = broadcaster.positions.get(shard)
-        if position is None:  # nothing of it fanned out here: where the subscription began
-            start = backplane.start_of(shard)
-            if start is None:
-                continue  # not known yet
-            position = (start[0], f"0-{start[1]}")  # (an id before the next offset's)
-        mark = (mailbox.next_seq, len(mailbox), mailbox.kept_bytes, position)
-        if connection.checkpointed == mark:
-            continue
-        connection.checkpointed = mark
-        remote.forwarding.checkpoint(connection.uuid, {"mailbox": mailbox.snapshot(),
-                                                       "cursor": [shard, *position]})
+    mailbox = connection.mailbox
+    shard = shard_of(connection.path, backplane.shards)
+    position = broadcaster.positions.get(shard)
+    if position is None:  # nothing of it fanned out here: where the subscription began
+        start = backplane.start_of(shard)
+        if start is None:
+            return None  # not known yet
+        position = (start[0], f"0-{start[1]}")  # (an id before the next offset's)
+    mark = (mailbox.next_seq, len(mailbox), mailbox.kept_bytes, position)
+    if connection.checkpointed == mark:
+        return None
+    connection.checkpointed = mark
+    return {"mailbox": mailbox.snapshot(), "cursor": [shard, *position]}
 
 
 def go_on(remote: "Remote", connection: "Connection", handover: dict[str, Any] | None) -> None:

@@ -238,7 +238,9 @@ def test_a_websocket_whose_process_died_is_taken_over_at_its_first_reconnect(
     r = redis_server.client()
     first = ws(one)  # its hello read
     uuid, cookie = first.uuid, first.cookie
-    checkpointed(r, uuid, lambda mailbox: True)
+    # Its hello was sent: a client that does not say how far it got would
+    # get it again from an earlier checkpoint (that of its opening).
+    checkpointed(r, uuid, lambda mailbox: not mailbox["queued"])
     dead = node_of(one, r)
     kill(one, redis_server)
     query = urlencode(ATMOSPHERE_PARAMS | {"X-Atmosphere-tracking-id": uuid})
@@ -331,6 +333,26 @@ def test_an_sse_stream_whose_process_died_resumes_elsewhere_once_in_order(redis_
     second.close()
 
 
+def test_a_client_whose_process_died_in_its_first_probe_interval_misses_nothing(
+        redis_server, app_processes):
+    """A client's first checkpoint is written as it opens, with what
+    ``Connected`` sent it: if its process dies before the next refresh (30 s
+    here), what was published meanwhile reaches it where it is taken over,
+    and nothing it got comes again."""
+    one, two = (app_processes(redis_server.url, ATMOSPHERE_REDIS_PROBE_INTERVAL=30, **QUICK)
+                for _ in range(2))
+    wait_up(one, two)
+    r = redis_server.client()
+    client = PollClient(one.base, "/chat", acks=True)
+    assert json.loads(client.poll()[0])["hello"] == client.uuid
+    checkpointed(r, client.uuid, lambda mailbox: len(mailbox["queued"]) == 1)  # its hello
+    kill(one, redis_server)
+    two.push("/chat", "meanwhile")
+    got = on(client, two).poll_until(2)
+    assert got[0] == "meanwhile"
+    assert json.loads(got[1]) == {"hello": client.uuid, "room": None, "takeover": True}
+
+
 def test_a_client_whose_process_died_before_its_checkpoint_is_told_of_the_gap(
         redis_server, app_processes):
     """A process that died before it wrote a client's first checkpoint (its
@@ -365,16 +387,6 @@ def checkpointed(r, uuid: str, holds) -> dict:
             return checkpoint
         assert time.monotonic() < deadline, f"no such checkpoint: {checkpoint}"
         time.sleep(0.05)  # written every probe interval: Redis announces nothing
-
-
-def claimed(r, uuid: str) -> None:
-    """Wait until the directory entry of ``uuid`` is in Redis (written just
-    after the response that opened the client: a process killed before that
-    leaves no trace, and the client is opened anew)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not r.exists(f"atmosphere:client:{uuid}"):
-        assert time.monotonic() < deadline, "the client was never claimed"
-        time.sleep(0.01)  # written by the holder's writer thread: Redis announces nothing
 
 
 def node_of(process, r) -> str:
@@ -514,7 +526,7 @@ def test_a_request_for_a_client_of_a_dead_process_waits_no_longer_than_its_death
     wait_up(one, two)
     client = PollClient(one.base, "/chat")
     assert json.loads(client.poll()[0])["hello"] == client.uuid
-    claimed(redis_server.client(), client.uuid)
+    checkpointed(redis_server.client(), client.uuid, lambda mailbox: not mailbox["queued"])
     one.kill()
     started = time.monotonic()
     response = on(client, two).http.get(client.url, params=client.query(), timeout=2 * TIMEOUT)
