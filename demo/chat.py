@@ -6,8 +6,8 @@ import time
 from flask import Flask, render_template
 
 from flask_atmosphere import (Atmosphere, AtmosphereClient, ClientDisconnected, Connected,
-                              Disconnected, Everyone, JsonMessage, ServerDisconnected,
-                              TextMessage)
+                              Disconnected, Everyone, JsonMessage, MessagesLost,
+                              ServerDisconnected, TextMessage)
 
 atmosphere = Atmosphere()
 
@@ -46,6 +46,9 @@ class ChatClient(AtmosphereClient):
                 self.broadcast(json | {"time": now_ms()})  # everyone but the sender
             case JsonMessage(_):
                 self.send(chat_line("system", "Messages are JSON objects"))
+            case MessagesLost(count, _, reason):  # the chat keeps no history: say so
+                lost = "Some messages" if count is None else f"{count} message(s)"
+                self.send(chat_line("system", f"{lost} did not reach you ({reason})"))
 
 
 def create_app(config: dict | None = None) -> Flask:

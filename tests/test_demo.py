@@ -3,6 +3,8 @@ import json
 
 from conftest import ATMOSPHERE_PARAMS, WSClient
 from demo import create_app
+from demo.chat import atmosphere
+from flask_atmosphere import MessagesLost
 
 
 def join(server, name=None):
@@ -55,3 +57,17 @@ def test_the_page_and_the_client_script_are_served(live):
     assert page.status_code == 200 and b"atmosphere-client.js" in page.data
     script = http.get("/_atmosphere/atmosphere-client.js")
     assert script.status_code == 200 and script.mimetype in ("text/javascript", "application/javascript")
+
+
+def test_a_participant_is_told_that_messages_did_not_reach_it():
+    """What ``MessagesLost`` says (a full mailbox, a process that died
+    before its checkpoint) shows in the chat as a system line."""
+    app = create_app()
+    with atmosphere.test_client("/the-chat?name=ada", app=app) as ada:
+        assert ada.receive_json(timeout=5)["event"] == "joined"
+        ada.app_client.receive(MessagesLost(3, "/the-chat", "overflow"))
+        ada.app_client.receive(MessagesLost(None, "/the-chat", "takeover"))
+        lines = [ada.receive_json(timeout=5) for _ in range(2)]
+    assert [(line["author"], line["message"]) for line in lines] == [
+        ("system", "3 message(s) did not reach you (overflow)"),
+        ("system", "Some messages did not reach you (takeover)")]

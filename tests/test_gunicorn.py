@@ -75,13 +75,18 @@ def test_every_transport_and_a_goodbye_on_sigterm(gunicorn):
         while "hi" not in seen[-1]:
             seen.append(read())
     # A held poll and an open stream: the worker still stops at once.
-    held = threading.Thread(target=poller.poll, daemon=True)
+    answers: list[int] = []
+    held = threading.Thread(target=lambda: answers.append(poller.http.get(
+        poller.url, params=poller.query(), timeout=TIMEOUT).status_code), daemon=True)
     held.start()
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     assert ws.recv_close() == (1001, "server shutdown")  # a goodbye
     assert process.wait(TIMEOUT) == 0
     assert time.monotonic() - started < 5 + 1
+    held.join(TIMEOUT)
+    # Answered as it ends (200), or, if it got there as the worker stopped, told to come back.
+    assert answers in ([200], [503])
 
 
 def test_several_workers_without_a_backplane_warn(gunicorn):
