@@ -67,6 +67,7 @@ class Worker(GeventPyWSGIWorker):  # type: ignore[misc]
         return getattr(app, "extensions", {}).get("atmosphere")
 
     def load_wsgi(self) -> None:
+        self._log_with_gunicorn()
         super().load_wsgi()
         freeze_startup_objects()
         atmosphere = self._atmosphere()
@@ -79,6 +80,20 @@ class Worker(GeventPyWSGIWorker):  # type: ignore[misc]
                         "of the worker it is made in, and a client's requests must all reach "
                         "one worker. Set ATMOSPHERE_BACKPLANE to a Redis URL (see the README's "
                         "Many processes and hosts)", self.cfg.workers)
+
+    def _log_with_gunicorn(self) -> None:
+        """Where neither the app nor anything else configured logging (no
+        handler on ``flask_atmosphere``'s logger or the root), the library's
+        records go to gunicorn's error log, with its format (time, pid,
+        level) and level (``--log-level``), not bare to stderr."""
+        error_log = getattr(self.log, "error_log", None)
+        if not isinstance(error_log, logging.Logger) or log.handlers \
+                or logging.getLogger().handlers:
+            return
+        for handler in error_log.handlers:
+            log.addHandler(handler)
+        log.setLevel(error_log.level)
+        log.propagate = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)

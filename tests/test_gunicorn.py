@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,15 +91,20 @@ def test_every_transport_and_a_goodbye_on_sigterm(gunicorn):
 
 
 def test_several_workers_without_a_backplane_warn(gunicorn):
+    """Once per worker, in gunicorn's error log format (time, pid, level):
+    the app configured no logging of its own."""
     process, _, lines = gunicorn(workers=2)
-    warned = sum("2 workers without a backplane" in line for line in lines)
+    warned = [line for line in lines if "2 workers without a backplane" in line]
     for line in process.stderr:  # once per worker, as each loads the app
-        warned += "2 workers without a backplane" in line
-        if warned == 2:
+        if "2 workers without a backplane" in line:
+            warned.append(line)
+        if len(warned) == 2:
             break
     process.send_signal(signal.SIGTERM)
     _, rest = process.communicate(timeout=TIMEOUT)
-    assert warned == 2 and "without a backplane" not in rest
+    assert len(warned) == 2 and "without a backplane" not in rest
+    logged = re.compile(r"^\[[^]]+\] \[\d+\] \[WARNING\] 2 workers without a backplane")
+    assert all(logged.match(line) for line in warned), warned
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["app per worker", "--preload"])
