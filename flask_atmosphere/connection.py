@@ -437,12 +437,10 @@ class Connection:
         kicked = self._kicked
         if kicked is None:
             if remote is not None and self.resumable:
-                # Its first checkpoint, with what Connected sent it (no yield
-                # since it returned): if this process dies before the next
-                # refresh, a taker goes on from here, not from nothing.
-                record = handover.checkpoint_of(remote, self)
-                if record is not None:
-                    remote.forwarding.checkpoint(self.uuid, record)
+                # Its first checkpoint, with what Connected sent it, between
+                # two fan-outs: if this process dies before the next refresh,
+                # a taker goes on from here, not from nothing.
+                self.atmosphere.broadcaster.call(handover.checkpoint, remote, [self])
             return None
         self._kicked = None
         request = CloseRequest(kicked.code, kicked.reason, False, kicked.error, kicked.final)

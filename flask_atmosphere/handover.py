@@ -20,9 +20,10 @@ live ones, and a client that says how far it got (``X-Atmosphere-Offset``,
 gone, or a stream trimmed past it, is told to the app (``MessagesLost``).
 
 A process that dies (``kill -9``) can write nothing at that instant, so
-every refresh interval (``ATMOSPHERE_REDIS_PROBE_INTERVAL``) it writes the
-same record for each client whose mailbox or cursor changed, as the
-client's *checkpoint* (:func:`checkpoint_all`). A taker goes on from the
+as a client opens (just after ``Connected``) and then every refresh
+interval (``ATMOSPHERE_REDIS_PROBE_INTERVAL``) it writes the same record
+for each client whose mailbox or cursor changed, as the client's
+*checkpoint* (:func:`checkpoint`, :func:`checkpoint_all`). A taker goes on from the
 checkpoint as from a handover: what the client had not received then, and
 the stream since. What was sent to the client after the checkpoint comes
 again, unless the client says how far it got: the bundled client
@@ -49,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
     from .remote import Remote
 
-__all__ = ["hand_over_all", "checkpoint_all", "checkpoint_of", "go_on"]
+__all__ = ["hand_over_all", "checkpoint_all", "checkpoint", "go_on"]
 
 log = logging.getLogger("flask_atmosphere")
 
@@ -105,27 +106,29 @@ def checkpoint_all(remote: "Remote") -> None:
     atmosphere = remote.atmosphere
     connections = list(atmosphere.registry)
     for start in range(0, len(connections), CHECKPOINT_BATCH):
-        atmosphere.broadcaster.call(_checkpoint, remote,
+        atmosphere.broadcaster.call(checkpoint, remote,
                                     connections[start:start + CHECKPOINT_BATCH])
         gevent.sleep(0)  # the fan-outs and requests waiting go first
 
 
-def _checkpoint(remote: "Remote", connections: list["Connection"]) -> None:
+def checkpoint(remote: "Remote", connections: list["Connection"]) -> None:
+    """Write the checkpoint of each of ``connections`` whose mailbox or
+    cursor changed since its last one. Run between two fan-outs
+    (``Broadcaster.call``), so that a client's mailbox and its shard's
+    position agree."""
     for connection in connections:
         if connection.mailbox.closed or connection.finished:
             continue
-        record = checkpoint_of(remote, connection)
+        record = _checkpoint_of(remote, connection)
         if record is not None:
             remote.forwarding.checkpoint(connection.uuid, record)
 
 
-def checkpoint_of(remote: "Remote", connection: "Connection") -> dict[str, Any] | None:
+def _checkpoint_of(remote: "Remote", connection: "Connection") -> dict[str, Any] | None:
     """The checkpoint of ``connection`` now (its mailbox, and where the
     last broadcast fanned out here stands in its shard's stream), or
     ``None`` if it has not changed since the last one, or where the shard
-    stands is not known yet. Called on the hub, with no yield since the
-    mailbox and the shard's position were last touched together (between
-    two fan-outs, or as the client registers)."""
+    stands is not known yet."""
     broadcaster = remote.atmosphere.broadcaster
     backplane: RedisBackplane = broadcaster.backplane  # type: ignore[assignment]
     mailbox = connection.mailbox
