@@ -261,7 +261,7 @@ def test_churn_leaves_nothing_behind_and_broadcasts_reach_steady_clients(live, p
     settle()
     base_greenlets, base_fds = greenlets(), open_fds()
     blocks = []  # Python's count of its memory blocks after each round of 1000 clients
-    for round_ in range(2):
+    for round_ in range(3):
         with ThreadPoolExecutor(50) as pool:
             cycles = pool.map(lambda i: one_cycle(server, i), range(1000))
             for i in range(broadcasts):  # broadcasts while clients come and go
@@ -273,15 +273,17 @@ def test_churn_leaves_nothing_behind_and_broadcasts_reach_steady_clients(live, p
     for thread in readers:
         thread.join(TIMEOUT)
     # Every broadcast reached every steady client, in order.
-    assert received == [[f"b{r}-{i}" for r in range(2) for i in range(broadcasts)]] * len(steady)
+    assert received == [[f"b{r}-{i}" for r in range(3) for i in range(broadcasts)]] * len(steady)
     assert tally["connected"] - tally["disconnected"] == len(steady)
-    assert tally["connected"] >= 2000
+    assert tally["connected"] >= 3000
     assert greenlets() <= base_greenlets + 5
     # Python's own count of its memory blocks, not the RSS (which the
-    # threads' malloc arenas make grow without a leak), from the first round
-    # (where bounded caches fill) to the second: beyond the messages
-    # received, 1000 clients that left a block each behind would show.
-    assert blocks[1] - blocks[0] <= len(steady) * broadcasts + 500, blocks
+    # threads' malloc arenas make grow without a leak), from round to round
+    # after the first (where bounded caches fill): beyond the messages
+    # received, 1000 clients that left a block each behind would show in
+    # both; the interpreter's own caches (3.12 and later) settle in one.
+    growth = min(blocks[1] - blocks[0], blocks[2] - blocks[1])
+    assert growth <= len(steady) * broadcasts + 500, blocks
     assert open_fds() <= base_fds
     assert len(tally["clients"]) == len(steady)  # every other client object was freed
 
