@@ -8,6 +8,7 @@ the current Flask request.
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import secrets
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .extension import Atmosphere
 
 __all__ = ["Refused", "origin_refusal", "app_refusal", "cors_headers", "preflight", "own_origin",
-           "origin_allowed", "resume_key", "key_from_cookies", "new_resume_key", "resume_cookie",
+           "origin_allowed", "resume_key", "key_from_cookies", "new_resume_key", "resume_binding",
            "binding_matches"]
 
 log = logging.getLogger("flask_atmosphere")
@@ -174,17 +175,47 @@ def new_resume_key() -> str:
     return secrets.token_urlsafe(16)
 
 
-def resume_cookie(settings: "Settings", key: str) -> str:
-    """The ``Set-Cookie`` value that gives the browser ``key``: HttpOnly,
-    for the whole app, ``SameSite=Lax`` (``None`` with ``Secure`` for a
-    foreign page over https, so that it travels with credentials)."""
-    assert settings.resume_cookie is not None
-    req = request._get_current_object()  # type: ignore[attr-defined]
-    secure = req.scheme in ("https", "wss")
-    foreign = req.environ.get("HTTP_ORIGIN") not in (None, own_origin())
-    return dump_cookie(settings.resume_cookie, key, path=req.script_root or "/",
-                       httponly=True, secure=secure,
-                       samesite="None" if foreign and secure else "Lax")
+def resume_binding(settings: "Settings", key: str | None, origin: str | None, own: str,
+                   secure: bool, path: str, can_set_cookie: bool
+                   ) -> tuple[str | None, list[tuple[str, str]]]:
+    """The resume key a new client is bound to, and the ``Set-Cookie``
+    headers its answer must carry (a key the browser does not have yet).
+
+    It is bound to ``key``, the key its request brings, or else to a new one
+    that the answer gives; to nothing (anyone with its tracking id may act
+    for it) if the answer cannot carry the cookie (``can_set_cookie``
+    false: a socket upgraded before the app ran), or if it goes to a foreign
+    page that brought none (its browser may not send the cookie back).
+
+    Args:
+        settings: the app's settings (``ATMOSPHERE_RESUME_COOKIE``).
+        key: the resume key the request brings, or ``None``.
+        origin: the request's ``Origin``, or ``None``.
+        own: the origin the request addressed (``own_origin``).
+        secure: the request came over https (or wss).
+        path: the app's root path (``request.script_root``, or ``/``).
+        can_set_cookie: the answer can carry a ``Set-Cookie``.
+    """
+    if key is not None or settings.resume_cookie is None:
+        return key, []
+    new_key = new_resume_key()
+    if not can_set_cookie:
+        return None, []
+    foreign = origin not in (None, own)
+    name = settings.resume_cookie
+    cookie = f"{name}={new_key}{_cookie_attributes(name, path or '/', secure, foreign)}"
+    return (None if foreign else new_key), [("Set-Cookie", cookie)]
+
+
+@functools.lru_cache(maxsize=64)
+def _cookie_attributes(name: str, path: str, secure: bool, foreign: bool) -> str:
+    """What follows ``name=key`` in the resume cookie: HttpOnly, for the
+    whole app, ``SameSite=Lax`` (``None`` with ``Secure`` for a foreign page
+    over https, so that it travels with credentials), as Werkzeug's
+    ``dump_cookie`` writes it. A key (URL-safe base64) needs no quoting."""
+    cookie = dump_cookie(name, "k", path=path, httponly=True, secure=secure,
+                         samesite="None" if foreign and secure else "Lax")
+    return cookie[len(name) + 2:]
 
 
 def binding_matches(binding: str | None, key: str | None) -> bool:

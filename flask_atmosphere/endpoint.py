@@ -5,8 +5,8 @@ It gathers what a request says (method, upgrade, Atmosphere parameters,
 origin, resume key), asks ``decisions.py`` what to do, and acts: a refusal,
 a preflight, a goodbye, a message upstream, or a client opened or resumed on
 a transport (``transports/``), which then carries the client's messages.
-The lean path (``lean.py``) answers the polls of known clients in front of
-Flask with the same decisions.
+The lean path (``lean/``) answers the polls of known clients, and opens new
+clients' WebSockets, in front of Flask with the same decisions.
 """
 from __future__ import annotations
 
@@ -16,17 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 from flask import Response, current_app, request, session
-from werkzeug.datastructures import EnvironHeaders
 
-from .admission import (app_refusal, binding_matches, cors_headers, new_resume_key, origin_refusal,
-                        own_origin, preflight, resume_cookie, resume_key)
-from .client import ConnectRequest, ReadOnlySession
+from .admission import (app_refusal, binding_matches, cors_headers, origin_refusal, own_origin,
+                        preflight, resume_binding, resume_key)
 from .connection import Connection
 from .decisions import (MISSING_TRANSPORT, NOT_UPGRADED, Ask, Kind, Open, Refusal, Resume,
                         classify, client_for, parameter_refusal)
 from .environ import GEVENT_WEBSOCKET_KEY, UPGRADE_KEY
-from .protocol import (PROTOCOL_PARAMS, AtmosphereParams, ProtocolError, new_tracking_id,
-                       parse_params, protocol_headers)
+from .opening import new_connection
+from .protocol import AtmosphereParams, ProtocolError, parse_params, protocol_headers
 from .broadcast import path_key
 from . import handover as handover_
 from . import lean
@@ -43,14 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["serve", "plan", "Plan"]
 
 log = logging.getLogger("flask_atmosphere")
-
-#: The environ keys kept for the request context ``receive`` runs in: what
-#: routing, ``url_for``, ``request.headers`` and ``request.remote_addr`` read.
-_KEPT_KEYS = ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "SERVER_NAME",
-              "SERVER_PORT", "SERVER_PROTOCOL", "REMOTE_ADDR", "REMOTE_PORT", "wsgi.url_scheme",
-              "wsgi.version", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
-              "wsgi.errors")
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -178,44 +168,17 @@ def _new_connection(atmosphere: "Atmosphere", settings: "Settings", route: "Rout
                     params: AtmosphereParams, uuid: str | None, transport: str,
                     can_set_cookie: bool) -> tuple[Connection, list[tuple[str, str]]]:
     """A new client for the current request, with the ``Set-Cookie``
-    headers its answer must carry (a resume key it does not have yet).
-
-    It is bound to the resume key the request brings, or to a new one that
-    its answer gives; not bound at all (anyone with its tracking id may act
-    for it) if the answer cannot carry the cookie, or if it goes to a
-    foreign page that brought none (its browser may not send it back).
-    """
+    headers its answer must carry (``admission.resume_binding``)."""
     req = request._get_current_object()  # type: ignore[attr-defined]
-    key = resume_key(settings)
-    headers: list[tuple[str, str]] = []
-    binding = key
-    if key is None and settings.resume_cookie is not None:
-        new_key = new_resume_key()
-        foreign = req.headers.get("Origin") not in (None, own_origin())
-        if can_set_cookie:
-            headers.append(("Set-Cookie", resume_cookie(settings, new_key)))
-            binding = None if foreign else new_key
-    opening = req.environ
-    environ = {key_: opening[key_] for key_ in _KEPT_KEYS if key_ in opening}
-    environ.update((name, value) for name, value in opening.items() if name.startswith("HTTP_"))
-    connect_request = ConnectRequest(
-        path=path_key(req.path),
-        view_args=dict(req.view_args or {}),
-        args={k: v for k, v in req.args.items() if k.lower() not in PROTOCOL_PARAMS},
-        headers=EnvironHeaders(environ),
-        remote_addr=req.remote_addr,
-        transport=transport,
-    )
-    opened = session._get_current_object()  # type: ignore[attr-defined]
-    frozen = ReadOnlySession(opened, bool(getattr(opened, "permanent", False)))
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    connection = Connection(atmosphere, app, settings, route,
-                            uuid or new_tracking_id(), params, connect_request, frozen, environ,
-                            binding)
-    if params.offset and uuid == params.tracking_id:
-        # Its tracking id adopted (it came back too late, or to a new server):
-        # the client counts on from where it was, and so does its mailbox.
-        connection.mailbox.next_seq = params.offset + 1
+    binding, headers = resume_binding(settings, resume_key(settings), req.headers.get("Origin"),
+                                      own_origin(), req.scheme in ("https", "wss"),
+                                      req.script_root, can_set_cookie)
+    connection = new_connection(
+        atmosphere, current_app._get_current_object(),  # type: ignore[attr-defined]
+        settings, route, params, uuid, req.environ, path=path_key(req.path),
+        view_args=req.view_args or {}, args=req.args, remote_addr=req.remote_addr,
+        transport=transport, session=session._get_current_object(),  # type: ignore[attr-defined]
+        binding=binding)
     return connection, headers
 
 
@@ -228,6 +191,12 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
     transport, params = chosen.ask.transport, chosen.params
     existing, decision = chosen.existing, chosen.client
     assert transport is not None
+    if transport == "websocket" and upgraded is None:  # later ones may open on the lean path
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        lean.remember_route(current_app._get_current_object(),  # type: ignore[attr-defined]
+                            route, req.environ, req.url_rule, path=path_key(req.path),
+                            view_args=req.view_args or {}, own_origin=own_origin(),
+                            secure=req.scheme in ("https", "wss"), script_root=req.script_root)
     if isinstance(decision, Refusal):
         return _refuse(decision, upgraded)
     # (A poll or a stream served by the holder may take a holder found

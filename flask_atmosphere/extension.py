@@ -7,7 +7,6 @@ before Flask 3.1, ``_session`` behind a property since), swapped while
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -28,6 +27,7 @@ from .backplane import Backplane, MemoryBackplane
 from .broadcast import Broadcast, normalize_path
 from .broadcaster import Broadcaster
 from .client import AtmosphereClient
+from .context import client_request_context
 from .config import DEFAULTS, ConfigError, Settings, unknown_keys
 from .filters import Everyone, as_filter
 from .registry import Registry
@@ -364,9 +364,7 @@ class Atmosphere:
             current = request_ctx._get_current_object()  # type: ignore[attr-defined]
             if current.app is connection.app:
                 return _OwnSession(current, connection.session)
-        environ = dict(connection.environ)
-        environ["wsgi.input"] = io.BytesIO()
-        return RequestContext(connection.app, environ, session=connection.session)
+        return client_request_context(connection.app, connection.environ, connection.session)
 
     def report_error(self, client: AtmosphereClient, error: BaseException) -> None:
         """Log ``error`` from ``client`` once and call the error handlers; a

@@ -8,9 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
+from conftest import ATMOSPHERE_PARAMS, WSClient
 from http_clients import PollClient
 from test_websocket import make_app
 from flask_atmosphere import endpoint, lean
+from flask_atmosphere.environ import UPGRADE_KEY
 from flask_atmosphere.decisions import (MISSING_TRANSPORT, NOT_UPGRADED, Ask, Kind, Open,
                                         Refusal, Resume, classify, client_for, handshake_only,
                                         parameter_refusal, poll_limit)
@@ -109,7 +111,7 @@ def environ_of(route_key, path, method, query, headers):
 def test_the_lean_path_decides_as_the_endpoint(poller):
     server, atmosphere, app, client = poller
     connection = server.call(atmosphere.registry.get, client.uuid)
-    route_key = lean._tickets[connection].route_key
+    route_key = lean.polls._tickets[connection].route_key
     key = client.http.cookies["atmosphere_resume"]
     own = f"http://{route_key[2]}"
     taken = []
@@ -183,3 +185,81 @@ def test_the_lean_path_decides_as_the_endpoint(poller):
 
     decide_alike()
     assert len(taken) >= 40  # the lean path did take polls: the property was tested
+
+
+@pytest.fixture
+def websockets(live, recorder):
+    """A server with every transport and one foreign origin allowed, where a
+    WebSocket handshake went the full way to ``/quiet``, and that client."""
+    app, atmosphere = make_app(recorder, ATMOSPHERE_TRANSPORTS=list(ALL),
+                               ATMOSPHERE_ALLOWED_ORIGINS="https://app.example.com")
+    server = live(app)
+    client = WSClient(server.url("/quiet", **ATMOSPHERE_PARAMS), track=True, protocol=True,
+                      suppress_origin=True)
+    return server, atmosphere, app, client
+
+
+def test_the_lean_path_opens_websockets_as_the_endpoint(websockets):
+    server, atmosphere, app, client = websockets
+    (route_key,) = lean.websocket._routes[app]
+    own = f"http://{route_key[2]}"
+    taken = []
+    handshake = {
+        "method": "GET", "path": None,
+        "X-Atmosphere-tracking-id": "0", "X-Atmosphere-Transport": "websocket",
+        "X-Atmosphere-TrackMessageSize": "true", "X-atmo-protocol": "true",
+        "X-Atmosphere-Framework": "5.0.7", "X-Atmosphere-Offset": None,
+        "X-Atmosphere-Post-Body": None, "colour": None,
+        "Origin": None, "Cookie": None, "Upgrade": "websocket",
+        "header X-Atmosphere-Transport": None,
+    }
+    alternatives = {
+        "method": ["POST", "OPTIONS"], "path": ["/chat", "/quiet/more"],
+        "X-Atmosphere-tracking-id": [client.uuid, "5d7b6e7c-36b5-4bd1-9d0f-2a1c4f6e8b90",
+                                     "bad id!", None],
+        "X-Atmosphere-Transport": ["long-polling", "sse", "close", "bogus", None],
+        "X-Atmosphere-TrackMessageSize": ["false", "maybe"],
+        "X-atmo-protocol": [None, "false"],
+        "X-Atmosphere-Framework": ["2.3.8-javascript", "1.0", None],
+        "X-Atmosphere-Offset": ["0", "3", "x"],
+        "X-Atmosphere-Post-Body": ["hi"],
+        "colour": ["red", "%ff"],
+        "Origin": [own, "https://app.example.com", "http://evil.example", "null"],
+        "Cookie": ["session=abc", "atmosphere_resume=someone", f"atmosphere_resume={client.cookie}"],
+        "Upgrade": [None, "h2c"],
+        "header X-Atmosphere-Transport": ["websocket"],
+    }
+    changes = st.lists(st.one_of(*[st.tuples(st.just(field), st.sampled_from(values))
+                                   for field, values in alternatives.items()]), max_size=3)
+    query_fields = [f for f in handshake if f.startswith("X-") or f == "colour"]
+
+    @settings(max_examples=400, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(changes)
+    def decide_alike(changed):
+        request = {**handshake, **dict(changed)}
+        query = {k: request[k] for k in query_fields if request[k] is not None}
+        header = {k.removeprefix("header "): v for k, v in request.items()
+                  if k not in query_fields and k not in ("method", "path") and v is not None}
+        environ = environ_of(route_key, request["path"], request["method"], query, header)
+        environ[UPGRADE_KEY] = None  # this server can upgrade it
+
+        def both():
+            decided = lean.websocket.decide(atmosphere, app, dict(environ))
+            with app.request_context(dict(environ)):
+                from flask import request as flask_request
+                chosen = endpoint.plan(atmosphere, atmosphere.settings(app), None)
+                return decided, chosen, flask_request.args.to_dict(), flask_request.view_args
+
+        decided, chosen, args, view_args = server.call(both)
+        if decided is None:
+            return  # the full way: the endpoint decides alone
+        taken.append(1)
+        ticket, params, lean_args, uuid, _ = decided
+        assert chosen.refusal is None and chosen.ask == Ask(Kind.OPEN, "websocket")
+        assert chosen.existing is None and chosen.client == Open(uuid)
+        assert chosen.params == params and lean_args == args
+        assert ticket.view_args == view_args
+
+    decide_alike()
+    assert len(taken) >= 40  # the lean path did open WebSockets: the property was tested
