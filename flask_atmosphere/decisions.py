@@ -1,7 +1,7 @@
 """Every request-level decision of the Atmosphere protocol, sans-IO.
 
 Each entry path (the Flask view in ``endpoint.py``, the lean path in
-``lean.py``) gathers plain values from its request and asks these functions
+``lean/``) gathers plain values from its request and asks these functions
 what to do; none of them sees a socket, a Flask request or the registry.
 Section numbers (§) refer to ``atmosphere-protocol.md``.
 

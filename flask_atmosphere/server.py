@@ -198,6 +198,14 @@ class AtmosphereHandler(WSGIHandler):
             super().handle()
         except (BrokenPipeError, ConnectionResetError):
             pass
+        finally:
+            # The environ holds bound methods of the handler (FINAL_WRITE_KEY,
+            # UPGRADE_KEY), and the handler holds the environ: without this
+            # the request's objects (the handler, its reader, the headers)
+            # wait for the cyclic garbage collector, which a connect storm of
+            # parked WebSockets then keeps busy. pywsgi drops the socket and
+            # the reader here the same way.
+            self.__dict__.pop("environ", None)
 
 
 class _WSGIServer(WSGIServer):

@@ -1,4 +1,4 @@
-"""The lean path (lean.py): the polls of a known long-polling
+"""The lean path (lean/polls.py): the polls of a known long-polling
 client answered before Flask, exactly as Flask's way would answer them; and
 everything else still going through Flask."""
 from __future__ import annotations

@@ -2,14 +2,18 @@
 few sends as its shape allows, byte for byte as pywsgi writes it."""
 from __future__ import annotations
 
+import gc
 import logging
 import re
+import weakref
 
 import gevent
 import pytest
 from flask import Flask
 from gevent import socket
 from gevent.pywsgi import WSGIHandler
+
+from conftest import TIMEOUT
 
 from flask_atmosphere import Atmosphere, AtmosphereClient
 from flask_atmosphere.server import AtmosphereHandler, AtmosphereServer, access_log
@@ -230,3 +234,33 @@ def test_a_request_that_asks_to_close_is_answered_close_and_closed(handled, path
     client, _ = start()
     client.sendall(get(path))  # a request that does not ask: kept alive, nothing said
     assert b"Connection:" not in read_response(client, bytearray())
+
+
+@pytest.mark.parametrize("request_bytes", [
+    get("/plain"),
+    get(QUERY),
+    ("GET /poll HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode(),
+], ids=["plain", "long-poll", "websocket"])
+def test_a_served_request_leaves_nothing_to_the_cyclic_collector(handled, request_bytes):
+    # The handler and what it read are freed by reference counting as soon as
+    # it is done: a connect storm of parked WebSockets leaves the garbage
+    # collector nothing to find.
+    server, atmosphere, _ = handled
+    ours, theirs = socket.socketpair()
+    handler = AtmosphereHandler(ours, ("127.0.0.1", 4242), server.wsgi)
+    freed = weakref.ref(handler)
+    gc.disable()
+    try:
+        greenlet = gevent.spawn(handler.handle)
+        del handler
+        theirs.sendall(request_bytes)
+        assert theirs.recv(65536).startswith(b"HTTP/1.1 ")
+        theirs.shutdown(socket.SHUT_WR)  # no further request on this connection
+        greenlet.join(TIMEOUT)
+        assert greenlet.dead
+        del greenlet
+        assert freed() is None
+    finally:
+        gc.enable()
+        theirs.close()

@@ -6,8 +6,9 @@ each connect costs is what a reconnect storm costs. Such a handshake is
 served here, with the endpoint's own steps (``opening.new_connection``,
 ``Connection.open``, ``transports.websocket``), when:
 
-* this server can upgrade it (``environ.UPGRADE_KEY``: ``atmosphere.run``
-  and ``flask atmosphere run``; gunicorn's worker upgrades before the app);
+* this server can upgrade it (``environ.UPGRADE_KEY``: flask-atmosphere's
+  own handler, under ``atmosphere.run``, ``flask atmosphere run`` and the
+  gunicorn worker; a gevent-websocket server upgrades before the app);
 * a WebSocket handshake with the same route key (``conditions.ROUTE_KEYS``)
   went the full way to an atmosphere route before (:func:`remember_route`),
   whose URL variables, if any, Werkzeug's own converters read (so that the

@@ -86,7 +86,7 @@ class DeferredResponse(Response):
     (already written) body iterable.
 
     The same ``respond`` serves a request that never went through Flask
-    (the lean path, ``lean.py``), so both answer alike.
+    (the lean path, ``lean/``), so both answer alike.
 
     Args:
         respond: the callable described above.
