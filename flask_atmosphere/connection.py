@@ -402,11 +402,17 @@ class Connection:
             return
         timer = self._grace_timer
         if timer is None:
-            timer = self._grace_timer = gevent.get_hub().loop.timer(grace)
-        timer.start(self._grace_expired)  # one timer per connection, restarted
+            timer = self._grace_timer = gevent.get_hub().loop.timer(grace, grace)
+        # One timer per connection, restarted for the whole grace period:
+        # ``again`` (libev's ev_timer_again), not ``start``, which would go
+        # on from what was left when ``attach`` stopped it, so that the gaps
+        # between a long-poll's polls would add up to the grace period.
+        timer.again(self._grace_expired)
 
     def _grace_expired(self) -> None:
-        self._grace_timer = None
+        timer, self._grace_timer = self._grace_timer, None
+        if timer is not None:
+            timer.close()  # (it repeats: ``again`` needs a repeat interval)
         if self.carrier is None and not self._finished:
             log.info("client %s on %s did not come back within %ss", self.uuid, self.path,
                      self.settings.grace_period)

@@ -134,6 +134,19 @@ def test_a_polling_client_keeps_one_grace_timer_and_is_still_disconnected(chat, 
     recorder.wait_for(lambda items: (client.uuid, Disconnected(ClientDisconnected())) in items)
 
 
+def test_the_gaps_between_polls_do_not_add_up_to_the_grace_period(chat, recorder):
+    # Each gap starts the whole grace period again: a client that is away
+    # 0.15 s between polls five times (0.75 s in all) keeps its 0.4 s.
+    server, atmosphere, base = chat(ATMOSPHERE_GRACE_PERIOD=0.4)
+    client = PollClient(base, "/quiet")
+    for i in range(5):
+        time.sleep(0.15)  # away between two polls: the behaviour under test, not a wait
+        server.call(atmosphere.broadcast, "/quiet", f"m{i}")
+        assert client.poll() == [f"m{i}"]
+    assert events_of(recorder, client.uuid) == [Connected()]
+    assert server.call(atmosphere.registry.get, client.uuid) is not None
+
+
 def test_the_close_request_ends_the_client_and_answers_its_held_poll(chat, recorder):
     server, atmosphere, base = chat()
     client = PollClient(base, "/quiet")
