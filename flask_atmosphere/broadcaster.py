@@ -136,6 +136,15 @@ class Broadcaster:
             self.call(fn, *args)
         return True
 
+    def defer(self, fn: Callable[[], Any]) -> bool:
+        """Run ``fn()`` on the adopted hub once the greenlets ready now
+        ran, and return ``True``, if the caller is on the hub's thread;
+        else return ``False``, with nothing run."""
+        if self._loop is None or self._thread_id != _native_thread_id():
+            return False
+        self._loop.run_callback(fn)
+        return True
+
     def on_hub_thread(self) -> bool:
         """Whether the caller runs on the thread of the hub that owns the
         connections (or no hub is adopted yet)."""

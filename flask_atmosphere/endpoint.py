@@ -399,6 +399,9 @@ def _forward_open(atmosphere: "Atmosphere", settings: "Settings", holder: "Holde
     callback = request.args.get("jsonpTransport", "atmosphere") if transport == "jsonp" \
         else None
     kind = "poll" if transport in ("long-polling", "jsonp") else "stream"
+    if kind == "poll":  # its next polls may go lean
+        lean.remember_away(atmosphere.remote, params.tracking_id, request.environ, own_origin(),
+                           path_key(request.path))
     respond = atmosphere.remote.relay(
         kind, holder, params.tracking_id, settings, request.environ,
         args=request.args.to_dict(), headers=protocol_headers(request.environ),

@@ -22,6 +22,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import gevent
+from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Queue
 from gevent.threadpool import ThreadPool
@@ -90,10 +91,13 @@ class Remote:
         self._holders: OrderedDict[str, Holder] = OrderedDict()
         #: node -> (alive, when it was looked up: ``monotonic()``)
         self._liveness: dict[str, tuple[bool, float]] = {}
+        #: node -> the answer of the lookup of its liveness under way
+        self._asking: dict[str, AsyncResult[bool | None]] = {}
 
     def start(self) -> None:
         """Start the forwarding threads; requests and replies are handled on the hub."""
-        self.forwarding.start(self._hand, self._on_request, self._on_reply, self._on_refresh)
+        self.forwarding.start(self._hand, self._on_request, self._on_reply, self._on_refresh,
+                              self.atmosphere.broadcaster.defer)
 
     def stop(self) -> None:
         self.forwarding.stop()
@@ -190,12 +194,20 @@ class Remote:
         known = self._liveness.get(node)
         if known is not None and monotonic() - known[1] < LIVENESS_KNOWN_FOR:
             return known[0]
+        asked = self._asking.get(node)
+        if asked is not None:  # another request is looking it up: its answer
+            return asked.get()
+        asked = self._asking[node] = AsyncResult()
+        alive: bool | None = None  # (Redis away: nobody can tell)
         try:
             alive = bool(self.look_up(self.forwarding.alive, node))
-        except Exception:  # noqa: BLE001 -- Redis away: nobody can tell
-            return None
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            del self._asking[node]
+            asked.set(alive)
         if alive:
-            self._liveness[node] = (alive, monotonic())
+            self._liveness[node] = (True, monotonic())
         else:
             self._liveness.pop(node, None)
         return alive

@@ -4,8 +4,9 @@
 
 It serves the recording app of ``test_websocket.py`` (its clients broadcast
 and send on command) on a free port of 127.0.0.1 with the Redis backplane,
-plus ``/push?path=...&msg=...`` (a broadcast from a view) and ``/stats``,
-prints ``PORT <n>`` once it listens, and stops on SIGTERM. The standard
+plus ``/push?path=...&msg=...`` (a broadcast from a view) and ``/stats``
+(the extension's, with ``flask_requests``: how many requests to other paths
+went the full way, past the lean path, to Flask), prints ``PORT <n>`` once it listens, and stops on SIGTERM. The standard
 library is patched by gevent, as in a deployed app (unless ``UNPATCHED`` is
 set in its environment; ``SLOW_START`` makes it wait a while between
 ``init_app`` and serving).
@@ -47,9 +48,18 @@ def main() -> None:
         atmosphere.broadcast(request.args["path"], request.args["msg"])
         return "ok"
 
+    flask_requests = [0]
+    lean, flask_app = app.wsgi_app, app.wsgi_app.wsgi_app  # (the lean path, then Flask)
+
+    def counted(environ, start_response):
+        if environ.get("PATH_INFO") not in ("/stats", "/push"):
+            flask_requests[0] += 1
+        return flask_app(environ, start_response)
+    lean.wsgi_app = counted
+
     @app.route("/stats")
     def stats():
-        return jsonify(atmosphere.stats())
+        return jsonify(dict(atmosphere.stats(), flask_requests=flask_requests[0]))
 
     if os.environ.get("SLOW_START"):  # an app with start-up work between init_app and serving
         import redis

@@ -10,12 +10,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
+import gevent
+import pytest
+import requests
+
 from app_processes import app_processes  # noqa: F401 (a fixture)
 from conftest import ATMOSPHERE_PARAMS, TIMEOUT, WSClient
 from flask_atmosphere.backplane.forwarding import Forwarding
 from http_clients import Decoder, PollClient, StreamClient
 from redis_servers import RedisServer, redis_server  # noqa: F401 (a fixture)
 from test_backplane import wait_up, ws
+from test_websocket import make_app
 
 QUICK = {"ATMOSPHERE_HEARTBEAT_INTERVAL": 2}
 
@@ -58,6 +63,36 @@ def test_polls_posts_and_goodbye_on_any_process(redis_server, app_processes):
     assert sum(s["disconnects"].get("client_closed", 0) for s in stats) == 1
     assert stats[0]["clients"]["total"] == 1  # the witness alone
     assert stats[0]["connects"] == 2 and stats[1].get("connects", 0) == 0
+
+
+def test_the_polls_of_a_client_held_elsewhere_take_the_lean_path(redis_server, app_processes):
+    """Once a poll of a client held by another process went the full way
+    here, its next polls are sent on to the holder in front of Flask (the
+    lean path), with the same answers; one that may not act for the
+    client (a wrong resume key) still goes the full way."""
+    one, two = (app_processes(redis_server.url, **QUICK) for _ in range(2))
+    wait_up(one, two)
+    client = PollClient(one.base, "/quiet")
+    client.url = two.base + "/quiet"
+    full = client.http.get(client.url, params=client.query(), timeout=TIMEOUT)
+    assert full.status_code == 200  # (what the client's Connected sent)
+    assert two.stats()["flask_requests"] == 1  # the full way: it leaves a ticket
+    got = []
+    for i in range(5):
+        one.push("/quiet", f"m{i}")
+        got += client.poll()
+    assert got == [f"m{i}" for i in range(5)]
+    assert two.stats()["flask_requests"] == 1  # none of them reached Flask
+    one.push("/quiet", "again")
+    lean = client.http.get(client.url, params=client.query(), timeout=TIMEOUT)
+    assert Decoder(client.track).feed(lean.text) == ["again"]
+    same = {"Content-Type", "Cache-Control", "Pragma", "Expires", "X-Accel-Buffering"}
+    assert {k: v for k, v in lean.headers.items() if k in same} \
+        == {k: v for k, v in full.headers.items() if k in same}
+
+    stranger = requests.get(client.url, params=client.query(), timeout=TIMEOUT)  # no key
+    assert stranger.status_code == 200
+    assert two.stats()["flask_requests"] == 2  # the full way: a client of its own
 
 
 def test_a_held_poll_sent_on_to_the_holder_sends_its_headers_at_once(redis_server,
@@ -586,3 +621,53 @@ def test_a_websocket_of_a_stopped_process_comes_back_elsewhere_with_nothing_lost
     assert json.loads(second.recv()) == {"hello": uuid, "room": None, "takeover": True}
     two.push("/chat", "live")
     assert second.recv() == "live"
+
+
+@pytest.fixture
+def redis_app(live, recorder, redis_server):
+    """(server, atmosphere) of an app served in this process with the Redis
+    backplane, refreshed every 30 s, whose hub serves a client already."""
+    app, atmosphere = make_app(recorder, ATMOSPHERE_BACKPLANE=redis_server.url,
+                               ATMOSPHERE_REDIS_PROBE_INTERVAL=30)
+    server = live(app)
+    PollClient(f"http://127.0.0.1:{server.port}", "/quiet")  # the hub is the broadcaster's now
+    yield server, atmosphere
+    atmosphere.remote.stop()
+    atmosphere.broadcaster.backplane.stop()
+
+
+def test_a_request_sent_on_is_written_at_once_not_at_the_next_refresh(redis_app, redis_server):
+    """The writer thread is woken once the hub's ready greenlets ran (one
+    wake for a burst of requests), or at once from another thread: either
+    way the request is in Redis long before the next refresh (30 s)."""
+    server, atmosphere = redis_app
+    forwarding = atmosphere.remote.forwarding
+    r, stream = redis_server.client(), forwarding.inbox("other")
+    last = "0-0"
+    for send in (server.call, lambda fn, *args: fn(*args)):  # on the hub, then from this thread
+        send(forwarding.send, "other", {"kind": "poll"})
+        sent = time.monotonic()
+        found = r.xread({stream: last}, block=TIMEOUT * 1000)
+        assert found and time.monotonic() - sent < TIMEOUT, "written at the next refresh only"
+        last = found[0][1][-1][0]
+
+
+def test_requests_waiting_on_a_process_share_one_lookup_of_its_liveness(redis_app):
+    """When a process's liveness is due to be looked up again, the requests
+    for its clients that come meanwhile wait for that one lookup, instead of
+    each asking Redis (a burst of polls asked it a hundred times)."""
+    server, atmosphere = redis_app
+    remote = atmosphere.remote
+    asked = []
+    alive = remote.forwarding.alive
+
+    def counted(node: str) -> bool:
+        asked.append(node)
+        return alive(node)
+    remote.forwarding.alive = counted
+
+    def burst() -> list:
+        return [g.get() for g in gevent.joinall([gevent.spawn(remote._alive, "other")
+                                                 for _ in range(20)], raise_error=True)]
+    assert server.call(burst) == [False] * 20  # no such process
+    assert asked == ["other"]

@@ -122,6 +122,8 @@ class Forwarding:
         self._wake = _Condition(self._lock)
         self._stopped = _Event()
         self._hand: Callable[..., None] | None = None
+        self._defer: Callable[[Callable[[], None]], bool] = lambda fn: False
+        self._wake_due = False  # the writer is to be woken by a deferred call
         self._on_request: Callable[[dict[str, Any]], None] = lambda message: None
         self._on_reply: Callable[[dict[str, Any]], None] = lambda message: None
         self._on_refresh: Callable[[], None] = lambda: None
@@ -151,18 +153,25 @@ class Forwarding:
 
     def start(self, hand: Callable[..., None], on_request: Callable[[dict[str, Any]], None],
               on_reply: Callable[[dict[str, Any]], None],
-              on_refresh: Callable[[], None] = lambda: None) -> None:
+              on_refresh: Callable[[], None] = lambda: None,
+              defer: Callable[[Callable[[], None]], bool] = lambda fn: False) -> None:
         """Start the writer and reader threads.
 
         Args:
             hand: ``hand(fn, *args)`` runs ``fn(*args)`` on the hub (from any thread).
+            defer: ``defer(fn)`` runs ``fn()`` on the hub once the greenlets
+                ready now ran, and returns ``True``, if the caller is on the
+                hub's thread; else returns ``False``, with nothing run. The
+                writer is woken that way once for every command queued
+                meanwhile: waking a native thread costs the hub a context
+                switch or two, and requests come in bursts.
             on_request: called on the hub with each request sent to this process.
             on_reply: called on the hub with each reply this process gets.
             on_refresh: called on the hub after each refresh of the directory
                 (every ``refresh_interval`` seconds while Redis answers).
         """
         self._hand, self._on_request, self._on_reply = hand, on_request, on_reply
-        self._on_refresh = on_refresh
+        self._on_refresh, self._defer = on_refresh, defer
         for name, target in (("writer", self._write_loop), ("reader", self._read_loop)):
             thread = _Thread(target=target, name=f"atmosphere-forwarding-{name}", daemon=True)
             thread.start()
@@ -183,8 +192,7 @@ class Forwarding:
         text = simplejson.dumps(entry)
         with self._lock:
             self._claims[uuid] = (entry, text, ttl)
-            self._commands.append(("set", self.client_key(uuid), text, ttl))
-            self._wake.notify()
+            self._queue_command(("set", self.client_key(uuid), text, ttl))
 
     def checkpoint(self, uuid: str, record: dict[str, Any]) -> None:
         """Keep ``record`` (what a taker needs to go on with ``uuid``, as
@@ -211,16 +219,14 @@ class Forwarding:
                 self._handed.add(uuid)
             text = simplejson.dumps(entry)
             self._claims[uuid] = (entry, text, claim[2])
-            self._commands.append(("set", self.client_key(uuid), text, claim[2]))
-            self._wake.notify()
+            self._queue_command(("set", self.client_key(uuid), text, claim[2]))
 
     def release(self, uuid: str) -> None:
         """This process holds ``uuid`` no more: its directory entry goes
         (unless it was handed over: then it stays for the taker)."""
         with self._lock:
             if self._claims.pop(uuid, None) is not None and uuid not in self._handed:
-                self._commands.append(("del", self.client_key(uuid)))
-                self._wake.notify()
+                self._queue_command(("del", self.client_key(uuid)))
             self._handed.discard(uuid)
 
     def unwritten(self) -> int:
@@ -233,8 +239,25 @@ class Forwarding:
     def send(self, node: str, message: dict[str, Any], reply: bool = False) -> None:
         """Append ``message`` to ``node``'s inbox (``reply``: to its replies), in order."""
         stream = self.replies(node) if reply else self.inbox(node)
+        text = simplejson.dumps(message)
         with self._lock:
-            self._commands.append(("xadd", stream, simplejson.dumps(message)))
+            self._queue_command(("xadd", stream, text))
+
+    def _queue_command(self, command: tuple[Any, ...]) -> None:
+        """Queue ``command`` for the writer and see that it wakes (with
+        ``_lock`` held): on the hub, once the greenlets ready now ran
+        (``defer``), for every command they queue; from another thread, now."""
+        self._commands.append(command)
+        if self._wake_due:
+            return
+        if self._defer(self._wake_writer):
+            self._wake_due = True
+        else:
+            self._wake.notify()
+
+    def _wake_writer(self) -> None:
+        with self._lock:
+            self._wake_due = False
             self._wake.notify()
 
     def holder(self, uuid: str) -> Holder | None:
@@ -367,8 +390,11 @@ class Forwarding:
                 pipe = client.pipeline(transaction=False)
                 if claims is not None:
                     self._refresh(pipe, claims)
+                streams = {command[1] for command in commands if command[0] == "xadd"}
                 for command in commands:
                     self._queue(pipe, command)
+                for stream in streams:  # once per stream: they live as long as this process
+                    pipe.pexpire(stream, int(3 * self.refresh_interval * 1000))
                 pipe.execute()
             except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 client = None
@@ -420,7 +446,6 @@ class Forwarding:
             pipe.delete(command[1])
         else:  # xadd
             pipe.xadd(command[1], {"m": command[2]}, maxlen=STREAM_MAX_LENGTH, approximate=True)
-            pipe.pexpire(command[1], int(3 * self.refresh_interval * 1000))
 
     def _mark_alive(self, client: Any) -> None:
         """Write this process's liveness key, for three refresh intervals,

@@ -2,8 +2,8 @@
 front of Flask, with the same decisions (``decisions.py``) and the same
 transports as the endpoint, so that both answer byte for byte alike:
 
-* the polls of a known long-polling client (:mod:`.polls`): under load,
-  most requests are those;
+* the polls of a known long-polling client (:mod:`.polls`), held here or
+  forwarded to the process that holds it: under load, most requests are those;
 * the WebSocket handshakes that open new clients (:mod:`.websocket`): a
   reconnect storm after a deploy is made of those.
 
@@ -24,7 +24,7 @@ from flask import Flask
 from ..environ import UPGRADE_KEY
 from . import polls, websocket
 from .conditions import WSGIApp
-from .polls import remember
+from .polls import remember, remember_away
 from .websocket import remember_route
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..extension import Atmosphere
     from ..protocol import AtmosphereParams
 
-__all__ = ["LeanPath", "install", "remember", "remember_route"]
+__all__ = ["LeanPath", "install", "remember", "remember_away", "remember_route"]
 
 
 def install(atmosphere: "Atmosphere", app: Flask) -> bool:
