@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, Protocol
 
 __all__ = [
     "ProtocolError", "VersionNotSupported", "AtmosphereParams", "parse_params", "TRANSPORTS",
+    "HEADER_KEYS",
     "DELIMITER", "HEARTBEAT_PADDING", "new_tracking_id", "valid_tracking_id", "utf16_len",
     "frame", "handshake", "handshake_due", "heartbeat_interval", "is_heartbeat",
     "PROTOCOL_PARAMS", "heartbeat_text", "padding", "scrub_surrogates",
@@ -120,7 +121,9 @@ class HeaderItems(Protocol):
     def items(self) -> Iterable[tuple[str, str]]: ...
 
 
-_HEADER_KEYS = ("HTTP_X_ATMOSPHERE_", "HTTP_X_HEARTBEAT_SERVER", "HTTP_X_ATMO_PROTOCOL")
+#: The WSGI environ keys of the real headers that :func:`parse_params` reads
+#: (they override query parameters of the same name, §1.3).
+HEADER_KEYS = ("HTTP_X_ATMOSPHERE_", "HTTP_X_HEARTBEAT_SERVER", "HTTP_X_ATMO_PROTOCOL")
 
 
 def protocol_headers(environ: Mapping[str, Any]) -> dict[str, str]:
@@ -129,7 +132,7 @@ def protocol_headers(environ: Mapping[str, Any]) -> dict[str, str]:
     items as the whole of Werkzeug's ``EnvironHeaders`` would give it,
     without walking every header."""
     return {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
-            if key.startswith(_HEADER_KEYS)}
+            if key.startswith(HEADER_KEYS)}
 
 
 def parse_params(query: Mapping[str, str], headers: HeaderItems | None = None

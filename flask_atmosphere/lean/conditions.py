@@ -18,7 +18,7 @@ import werkzeug.urls  # noqa: F401  registers the "werkzeug.url_quote" error han
 from flask import Flask, signals
 from flask.sessions import SecureCookieSessionInterface
 
-from ..protocol import AtmosphereParams, ProtocolError, parse_params
+from ..protocol import HEADER_KEYS, AtmosphereParams, ProtocolError, parse_params
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..extension import Atmosphere
@@ -35,8 +35,6 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 ROUTE_KEYS = ("PATH_INFO", "SCRIPT_NAME", "HTTP_HOST", "wsgi.url_scheme", "SERVER_NAME",
               "SERVER_PORT")
 
-#: Environ keys of real headers that override query parameters (§1.3).
-_HEADER_PARAMS = ("HTTP_X_ATMOSPHERE_", "HTTP_X_HEARTBEAT_SERVER", "HTTP_X_ATMO_PROTOCOL")
 
 #: Signals that Flask sends for every request it handles.
 _REQUEST_SIGNALS = (signals.request_started, signals.request_finished,
@@ -89,7 +87,7 @@ def has_header_params(environ: dict[str, Any]) -> bool:
     if keys is not None and "\0HTTP_X_ATMO" not in keys \
             and "\0HTTP_X_HEARTBEAT_SERVER" not in keys:
         return False
-    return any(isinstance(key, str) and key.startswith(_HEADER_PARAMS) for key in environ)
+    return any(isinstance(key, str) and key.startswith(HEADER_KEYS) for key in environ)
 
 
 def parse_query(query: str) -> tuple[dict[str, str], AtmosphereParams] | None:

@@ -46,7 +46,7 @@ from ..admission import binding_matches, key_from_cookies
 from ..backplane.forwarding import Holder
 from ..decisions import Ask, Kind, Open, Resume, classify, client_for
 from ..origins import cors_headers_for, origin_allowed, page_origin
-from ..protocol import AtmosphereParams, protocol_headers
+from ..protocol import AtmosphereParams
 from ..remote import Remote
 from ..transports import longpolling
 from ..transports.responses import NO_CACHE
@@ -126,7 +126,7 @@ def lean_poll(atmosphere: "Atmosphere", app: Flask, environ: dict[str, Any]) -> 
         assert atmosphere.remote is not None
         relay = atmosphere.remote.relay(
             "poll", client, params.tracking_id, atmosphere.settings(app), environ, args=args,
-            headers=protocol_headers(environ), callback=callback,
+            headers={}, callback=callback,  # (none: else the poll went the full way)
             transport="jsonp" if callback is not None else "long-polling",
             last_event_id=environ.get("HTTP_LAST_EVENT_ID"))
 
@@ -206,10 +206,6 @@ def _decide(atmosphere: "Atmosphere", app: Flask, environ: dict[str, Any]
     if has_header_params(environ) or not plain_request(atmosphere, app) \
             or (carries_session(app, environ) and app.config["SESSION_REFRESH_EACH_REQUEST"]):
         return None
-    key = key_from_cookies(parse_cookie(environ.get("HTTP_COOKIE", "")), settings.resume_cookie)
-    client = _client(atmosphere, connection, ticket, params.tracking_id, key)
-    if client is None:
-        return None
     own = ticket.own_origin
     origin = environ.get("HTTP_ORIGIN")
     if ask.transport == "jsonp":
@@ -223,6 +219,10 @@ def _decide(atmosphere: "Atmosphere", app: Flask, environ: dict[str, Any]
         cors = cors_headers_for(origin, settings.allowed_origins, own)
     else:
         return None  # refused the full way: 403, logged
+    key = key_from_cookies(parse_cookie(environ.get("HTTP_COOKIE", "")), settings.resume_cookie)
+    client = _client(atmosphere, connection, ticket, params.tracking_id, key)
+    if client is None:
+        return None
     callback = args.get("jsonpTransport", "atmosphere") if ask.transport == "jsonp" else None
     return client, args, params, callback, cors
 
