@@ -671,3 +671,31 @@ def test_requests_waiting_on_a_process_share_one_lookup_of_its_liveness(redis_ap
                                                  for _ in range(20)], raise_error=True)]
     assert server.call(burst) == [False] * 20  # no such process
     assert asked == ["other"]
+
+
+def test_a_process_trims_the_requests_it_has_read(redis_server):
+    """Its streams hold what it has not read yet, not the last
+    ``STREAM_MAX_LENGTH`` entries: a reader that lagged that far behind
+    lost the oldest, and the cap is now a bound for a process that stopped
+    reading (``TRIM_EVERY`` entries read, then trimmed)."""
+    from flask_atmosphere.backplane import forwarding as module
+    one = Forwarding(redis_server.url, "atmosphere", "one", refresh_interval=30)
+    sender = Forwarding(redis_server.url, "atmosphere", "sender", refresh_interval=30)
+    got = []
+    r, stream = redis_server.client(), one.inbox("one")
+    try:
+        one.start(lambda fn, *args: fn(*args), got.append, print)
+        sender.start(lambda fn, *args: None, print, print)
+        count = 3 * module.TRIM_EVERY
+        for i in range(count):
+            sender.send("one", {"i": i})
+        deadline = time.monotonic() + TIMEOUT
+        # At most what was read since the last trim (under TRIM_EVERY, plus a
+        # read's worth and the whole node that holds the last entry read):
+        while len(got) < count or r.xlen(stream) >= 2 * module.TRIM_EVERY:
+            assert time.monotonic() < deadline, (len(got), r.xlen(stream))
+            time.sleep(0.01)  # a thread of its own: nothing to await
+        assert [m["i"] for m in got] == list(range(count))  # all of them, in order
+    finally:
+        one.stop()
+        sender.stop()

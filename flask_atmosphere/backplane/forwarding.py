@@ -25,8 +25,9 @@ What this module keeps in Redis, under the app's prefix, each with a TTL:
   later (:meth:`Forwarding.alive`): ``id:<CLIENT ID>``, or ``1`` where
   Redis refuses ``CLIENT`` or is a Cluster;
 - ``{prefix}:{node:<node>}:inbox`` and ``…:replies``: the requests sent to a
-  process and the replies it gets, streams capped at ``STREAM_MAX_LENGTH``
-  entries that expire with the process's liveness (one slot per process:
+  process and the replies it gets, streams that the process trims as it
+  reads them (every ``TRIM_EVERY`` entries), capped at ``STREAM_MAX_LENGTH``
+  entries, that expire with the process's liveness (one slot per process:
   the braces are a Redis Cluster hash tag).
 
 Redis is used from two native threads (a writer and a reader) and from the
@@ -56,8 +57,13 @@ log = logging.getLogger("flask_atmosphere.backplane")
 _Thread, _Condition, _Lock, _Event, _local = (
     get_original("threading", name) for name in ("Thread", "Condition", "Lock", "Event", "local"))
 
-#: Entries kept at most in a process's inbox and replies streams.
-STREAM_MAX_LENGTH = 10_000
+#: Entries kept at most in a process's inbox and replies streams: a bound on
+#: Redis's memory should the process stop reading them (it trims what it
+#: read every ``TRIM_EVERY`` entries); one that lags this far behind loses
+#: the oldest.
+STREAM_MAX_LENGTH = 100_000
+#: Entries a process reads from a stream of its own before it trims them.
+TRIM_EVERY = 1_000
 #: Seconds a reader blocks on its streams at most (it then checks for a stop).
 READ_BLOCK = 1.0
 
@@ -134,6 +140,7 @@ class Forwarding:
         #: Redis refused ``CLIENT LIST`` or ``CLIENT ID`` (an ACL, a managed
         #: Redis that renamed it): liveness is the key's TTL alone.
         self._no_client_list = cluster
+        self._trims = True  # Redis takes XTRIM MINID (6.2 and later)
 
     # -- keys --------------------------------------------------------------------
 
@@ -463,6 +470,7 @@ class Forwarding:
         client: Any = None
         inbox, replies = self.inbox(self.node), self.replies(self.node)
         last = {inbox: "0-0", replies: "0-0"}  # the streams are this process's own: new
+        read = {inbox: 0, replies: 0}  # entries read since the stream was last trimmed
         block = min(READ_BLOCK, self.refresh_interval)
         marked, failed = 0.0, False
         while not self._stopped.is_set():
@@ -486,6 +494,7 @@ class Forwarding:
             for stream, entries in found or []:
                 name = stream.decode() if isinstance(stream, bytes) else stream
                 handle = self._on_request if name == inbox else self._on_reply
+                read[name] += len(entries)
                 for entry_id, fields in entries:
                     last[name] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                     try:
@@ -497,3 +506,22 @@ class Forwarding:
                         continue
                     if self._hand is not None:
                         self._hand(handle, message)
+            for name, count in read.items():
+                if count >= TRIM_EVERY and self._trims:
+                    read[name] = 0
+                    self._trim(client, name, last[name])
+
+    def _trim(self, client: Any, stream: str, last: str) -> None:
+        """Remove from ``stream`` (this process's own) the entries before
+        ``last``, the last one read (``XTRIM MINID``, approximately: whole
+        nodes of the stream). A Redis older than 6.2 refuses it: said once,
+        and the cap alone bounds the streams from then on."""
+        from redis.exceptions import RedisError, ResponseError
+        try:
+            client.xtrim(stream, minid=last, approximate=True)
+        except ResponseError as exc:
+            self._trims = False
+            log.warning("Redis refused XTRIM MINID (%s): the streams between processes are "
+                        "bounded by their cap alone, %d entries each", exc, STREAM_MAX_LENGTH)
+        except RedisError:
+            pass  # the next read finds the connection broken, if it is
