@@ -284,7 +284,9 @@ def test_churn_leaves_nothing_behind_and_broadcasts_reach_steady_clients(live, p
     # both; the interpreter's own caches (3.12 and later) settle in one.
     growth = min(blocks[1] - blocks[0], blocks[2] - blocks[1])
     assert growth <= len(steady) * broadcasts + 500, blocks
-    assert open_fds() <= base_fds
+    # Every socket closes: one whose handler is still finishing may take a
+    # moment (seen once, one fd over on 3.10); a leak stays, and fails here.
+    server.wait_until(lambda: open_fds() <= base_fds)
     assert len(tally["clients"]) == len(steady)  # every other client object was freed
 
 
