@@ -110,10 +110,11 @@ class Remote:
         its client is not held here (none is, or it was handed over)."""
         if self.atmosphere.broadcaster.hand(fn, *args) or fn != self._on_request:
             return
-        message = args[0]
-        rid, requester = message.get("rid"), message.get("from")
-        if isinstance(rid, str) and isinstance(requester, str) and message.get("kind") != "cancel":
-            self.forwarding.send(requester, {"rid": rid, GONE: True}, reply=True)
+        for message in args[0]:
+            rid, requester = message.get("rid"), message.get("from")
+            if isinstance(rid, str) and isinstance(requester, str) \
+                    and message.get("kind") != "cancel":
+                self.forwarding.send(requester, {"rid": rid, GONE: True}, reply=True)
 
     def _on_refresh(self) -> None:
         """The directory was refreshed: the clients' checkpoints follow,
@@ -334,15 +335,17 @@ class Remote:
         self.forget(uuid)
         self._liveness.pop(node, None)
 
-    def _on_reply(self, message: dict[str, Any]) -> None:
-        replies = self._pending.get(str(message.get("rid")))
-        if replies is not None:
-            replies.put(message)
+    def _on_reply(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            replies = self._pending.get(str(message.get("rid")))
+            if replies is not None:
+                replies.put(message)
 
     # -- the holder's side -------------------------------------------------------------
 
-    def _on_request(self, message: dict[str, Any]) -> None:
-        gevent.spawn(self._serve, message)
+    def _on_request(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            gevent.spawn(self._serve, message)
 
     def _serve(self, message: dict[str, Any]) -> None:
         kind, rid, requester = message.get("kind"), message.get("rid"), message.get("from")

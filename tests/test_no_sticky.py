@@ -652,6 +652,24 @@ def test_a_request_sent_on_is_written_at_once_not_at_the_next_refresh(redis_app,
         last = found[0][1][-1][0]
 
 
+def test_a_burst_of_requests_for_a_process_is_written_as_one_entry(redis_app, redis_server):
+    """What the hub's greenlets send to one process before the writer wakes
+    is one ``XADD``, in order: the writer's and the reader's cost goes with
+    the bursts, not with each request."""
+    server, atmosphere = redis_app
+    forwarding = atmosphere.remote.forwarding
+    r, stream = redis_server.client(), forwarding.inbox("burst")
+
+    def burst() -> None:
+        for i in range(5):
+            forwarding.send("burst", {"i": i})
+    server.call(burst)
+    found = r.xread({stream: "0-0"}, block=TIMEOUT * 1000)
+    assert found, "not written"
+    assert [[m["i"] for m in json.loads(fields[b"m"])] for _, fields in found[0][1]] \
+        == [[0, 1, 2, 3, 4]]
+
+
 def test_requests_waiting_on_a_process_share_one_lookup_of_its_liveness(redis_app):
     """When a process's liveness is due to be looked up again, the requests
     for its clients that come meanwhile wait for that one lookup, instead of
@@ -680,15 +698,15 @@ def test_a_process_trims_the_requests_it_has_read(redis_server):
     reading (``TRIM_EVERY`` entries read, then trimmed)."""
     from flask_atmosphere.backplane import forwarding as module
     one = Forwarding(redis_server.url, "atmosphere", "one", refresh_interval=30)
-    sender = Forwarding(redis_server.url, "atmosphere", "sender", refresh_interval=30)
     got = []
     r, stream = redis_server.client(), one.inbox("one")
     try:
-        one.start(lambda fn, *args: fn(*args), got.append, print)
-        sender.start(lambda fn, *args: None, print, print)
+        one.start(lambda fn, *args: fn(*args), got.extend, print)
         count = 3 * module.TRIM_EVERY
+        pipe = r.pipeline(transaction=False)  # an entry each (a writer batches a burst)
         for i in range(count):
-            sender.send("one", {"i": i})
+            pipe.xadd(stream, {"m": json.dumps({"i": i})})
+        pipe.execute()
         deadline = time.monotonic() + TIMEOUT
         # At most what was read since the last trim (under TRIM_EVERY, plus a
         # read's worth and the whole node that holds the last entry read):
@@ -698,4 +716,3 @@ def test_a_process_trims_the_requests_it_has_read(redis_server):
         assert [m["i"] for m in got] == list(range(count))  # all of them, in order
     finally:
         one.stop()
-        sender.stop()

@@ -28,11 +28,15 @@ What this module keeps in Redis, under the app's prefix, each with a TTL:
   process and the replies it gets, streams that the process trims as it
   reads them (every ``TRIM_EVERY`` entries), capped at ``STREAM_MAX_LENGTH``
   entries, that expire with the process's liveness (one slot per process:
-  the braces are a Redis Cluster hash tag).
+  the braces are a Redis Cluster hash tag). An entry's field ``m`` holds
+  one message (a JSON object) or, for the messages a writer had for the
+  stream at once, a JSON array of them, in order: one ``XADD`` for a
+  burst, and one entry for the reader to take.
 
-Redis is used from two native threads (a writer and a reader) and from the
-callers of :meth:`Forwarding.holder` (a blocking lookup: run it off the hub,
-in threads of their own), never from the gevent loop. Requests and
+Redis is used from two threads (a writer and a reader: native threads, or
+greenlets where gevent patched ``threading``) and from the callers of
+:meth:`Forwarding.holder` (a blocking lookup: run it off the hub, in threads
+of their own), never from the gevent loop's own callbacks. Requests and
 replies are handed to the hub by the ``hand`` function given to
 :meth:`Forwarding.start`.
 """
@@ -40,22 +44,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections import deque
 from dataclasses import dataclass
+from math import inf
 from time import monotonic
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import simplejson
 from gevent.monkey import get_original
 
 from ..config import redis_url
 
-__all__ = ["Forwarding", "Holder", "binding_hash"]
+__all__ = ["Forwarding", "Holder", "batches", "binding_hash", "entry_messages"]
 
 log = logging.getLogger("flask_atmosphere.backplane")
 
-_Thread, _Condition, _Lock, _Event, _local = (
-    get_original("threading", name) for name in ("Thread", "Condition", "Lock", "Event", "local"))
+_Thread, _Lock, _Event, _local = (
+    get_original("threading", name) for name in ("Thread", "Lock", "Event", "local"))
 
 #: Entries kept at most in a process's inbox and replies streams: a bound on
 #: Redis's memory should the process stop reading them (it trims what it
@@ -71,6 +77,45 @@ READ_BLOCK = 1.0
 def binding_hash(binding: str | None) -> str | None:
     """What the directory keeps of a resume key: its SHA-256 (hex), never the key."""
     return None if binding is None else hashlib.sha256(binding.encode()).hexdigest()
+
+
+def batches(commands: list[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """``commands`` (``("set", key, text, ms)``, ``("del", key)``,
+    ``("xadd", stream, message as JSON)``) with the messages for each
+    stream between two directory writes made one ``("xadd", stream, JSON
+    array of them, in order)``: a message still goes after every directory
+    write queued before it, and before every one queued after it."""
+    texts: dict[str, list[str]] = {}
+    for command in commands:
+        if command[0] == "xadd":
+            texts.setdefault(command[1], []).append(command[2])
+            continue
+        yield from _xadds(texts)
+        texts = {}
+        yield command
+    yield from _xadds(texts)
+
+
+def _xadds(texts: dict[str, list[str]]) -> Iterator[tuple[str, str, str]]:
+    for stream, batch in texts.items():
+        yield ("xadd", stream, batch[0] if len(batch) == 1 else f"[{','.join(batch)}]")
+
+
+def entry_messages(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """The messages of a stream entry written by :meth:`Forwarding.send`
+    (its field ``m``: one JSON object, or an array of them); an entry, or a
+    message of it, that is none is logged and skipped."""
+    try:
+        value = simplejson.loads(fields[b"m"])
+    except (KeyError, ValueError) as exc:
+        log.warning("a malformed forwarded entry was skipped (%s)", exc)
+        return []
+    messages = value if isinstance(value, list) else [value]
+    kept = [message for message in messages if isinstance(message, dict)]
+    if len(kept) < len(messages):
+        log.warning("%d malformed forwarded messages were skipped (not an object)",
+                    len(messages) - len(kept))
+    return kept
 
 
 @dataclass(frozen=True)
@@ -125,13 +170,19 @@ class Forwarding:
         self._claims: dict[str, tuple[dict[str, Any], str, int]] = {}
         self._commands: deque[tuple[Any, ...]] = deque()
         self._lock = _Lock()
-        self._wake = _Condition(self._lock)
+        #: The writer's wake-up call: released to wake it, held while none
+        #: is due (a bare lock: released outside ``_lock``, it wakes the
+        #: writer without making it wait for ``_lock`` at once). The
+        #: ``threading`` module's: where gevent patched it, the threads are
+        #: greenlets, and so must their waits be.
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self._stopped = _Event()
         self._hand: Callable[..., None] | None = None
         self._defer: Callable[[Callable[[], None]], bool] = lambda fn: False
         self._wake_due = False  # the writer is to be woken by a deferred call
-        self._on_request: Callable[[dict[str, Any]], None] = lambda message: None
-        self._on_reply: Callable[[dict[str, Any]], None] = lambda message: None
+        self._on_request: Callable[[list[dict[str, Any]]], None] = lambda messages: None
+        self._on_reply: Callable[[list[dict[str, Any]]], None] = lambda messages: None
         self._on_refresh: Callable[[], None] = lambda: None
         self._lookups = _local()  # each thread's client for holder() and alive()
         self._threads: list[Any] = []
@@ -158,8 +209,9 @@ class Forwarding:
 
     # -- the interface -------------------------------------------------------------
 
-    def start(self, hand: Callable[..., None], on_request: Callable[[dict[str, Any]], None],
-              on_reply: Callable[[dict[str, Any]], None],
+    def start(self, hand: Callable[..., None],
+              on_request: Callable[[list[dict[str, Any]]], None],
+              on_reply: Callable[[list[dict[str, Any]]], None],
               on_refresh: Callable[[], None] = lambda: None,
               defer: Callable[[Callable[[], None]], bool] = lambda fn: False) -> None:
         """Start the writer and reader threads.
@@ -172,8 +224,10 @@ class Forwarding:
                 writer is woken that way once for every command queued
                 meanwhile: waking a native thread costs the hub a context
                 switch or two, and requests come in bursts.
-            on_request: called on the hub with each request sent to this process.
-            on_reply: called on the hub with each reply this process gets.
+            on_request: called on the hub with the requests sent to this
+                process, a list of those read at once, in order.
+            on_reply: called on the hub with the replies this process gets,
+                likewise.
             on_refresh: called on the hub after each refresh of the directory
                 (every ``refresh_interval`` seconds while Redis answers).
         """
@@ -188,8 +242,7 @@ class Forwarding:
         """Stop the threads; this process's liveness key is left to expire
         (and its reader's connection to close, with the process)."""
         self._stopped.set()
-        with self._lock:
-            self._wake.notify_all()
+        self._wake_up()
 
     def claim(self, uuid: str, path: str, binding: str | None, grace_period: float) -> None:
         """This process holds ``uuid`` (from any thread; written at once,
@@ -239,8 +292,8 @@ class Forwarding:
     def unwritten(self) -> int:
         """How many commands wait to be written to Redis; the writer is
         woken to write them (before a stop, its caller waits for 0)."""
+        self._wake_up()
         with self._lock:
-            self._wake.notify()
             return len(self._commands)
 
     def send(self, node: str, message: dict[str, Any], reply: bool = False) -> None:
@@ -260,12 +313,20 @@ class Forwarding:
         if self._defer(self._wake_writer):
             self._wake_due = True
         else:
-            self._wake.notify()
+            self._wake_up()
 
     def _wake_writer(self) -> None:
         with self._lock:
             self._wake_due = False
-            self._wake.notify()
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        """Wake the writer (from any thread; once for any number of calls
+        before it woke)."""
+        try:
+            self._wake.release()
+        except RuntimeError:
+            pass  # released already: the writer is to wake anyway
 
     def holder(self, uuid: str) -> Holder | None:
         """Who holds ``uuid``, or ``None``: a blocking Redis lookup (up to
@@ -384,27 +445,36 @@ class Forwarding:
     def _write_loop(self) -> None:
         client: Any = None
         refreshed = 0.0
+        #: stream -> when this thread last set its time-to-live (three refresh
+        #: intervals: a stream of a process that died goes, whoever wrote it)
+        expiring: dict[str, float] = {}
         while not self._stopped.is_set():
             with self._lock:
-                if not self._commands and monotonic() - refreshed < self.refresh_interval:
-                    self._wake.wait(self.refresh_interval)
+                idle = not self._commands
+            due = refreshed + self.refresh_interval - monotonic()
+            if idle and due > 0:
+                self._wake.acquire(timeout=due)  # (a wake-up call, or the refresh)
+            with self._lock:
                 commands = list(self._commands)
+                self._wake_due = False  # (a deferred wake that never ran holds it no more)
                 claims = list(self._claims.items()) \
                     if monotonic() - refreshed >= self.refresh_interval else None
+            if not commands and claims is None:
+                continue  # (a wake-up call for commands written already)
             try:
                 if client is None:
                     client = self._client()
                 pipe = client.pipeline(transaction=False)
                 if claims is not None:
                     self._refresh(pipe, claims)
-                streams = {command[1] for command in commands if command[0] == "xadd"}
-                for command in commands:
-                    self._queue(pipe, command)
-                for stream in streams:  # once per stream: they live as long as this process
-                    pipe.pexpire(stream, int(3 * self.refresh_interval * 1000))
+                for stream in self._queue(pipe, commands):
+                    if monotonic() - expiring.get(stream, -inf) >= self.refresh_interval:
+                        pipe.pexpire(stream, int(3 * self.refresh_interval * 1000))
+                        expiring[stream] = monotonic()  # (a stream lives 3 intervals)
                 pipe.execute()
             except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 client = None
+                expiring.clear()
                 self.health("writer", exc)
                 self._stopped.wait(min(self.refresh_interval, 1.0))
                 continue
@@ -445,14 +515,21 @@ class Forwarding:
         for uuid, (_, text, entry_ttl) in claims:
             pipe.set(self.client_key(uuid), text, px=entry_ttl)
 
-    def _queue(self, pipe: Any, command: tuple[Any, ...]) -> None:
-        kind = command[0]
-        if kind == "set":
-            pipe.set(command[1], command[2], px=command[3])
-        elif kind == "del":
-            pipe.delete(command[1])
-        else:  # xadd
-            pipe.xadd(command[1], {"m": command[2]}, maxlen=STREAM_MAX_LENGTH, approximate=True)
+    def _queue(self, pipe: Any, commands: list[tuple[Any, ...]]) -> set[str]:
+        """Queue ``commands`` on ``pipe``, the messages for each stream in
+        one ``XADD`` (see :func:`batches`); return the streams written."""
+        written = set()
+        for command in batches(commands):
+            kind = command[0]
+            if kind == "set":
+                pipe.set(command[1], command[2], px=command[3])
+            elif kind == "del":
+                pipe.delete(command[1])
+            else:  # xadd
+                pipe.xadd(command[1], {"m": command[2]}, maxlen=STREAM_MAX_LENGTH,
+                          approximate=True)
+                written.add(command[1])
+        return written
 
     def _mark_alive(self, client: Any) -> None:
         """Write this process's liveness key, for three refresh intervals,
@@ -493,19 +570,13 @@ class Forwarding:
             self.health("reader")
             for stream, entries in found or []:
                 name = stream.decode() if isinstance(stream, bytes) else stream
-                handle = self._on_request if name == inbox else self._on_reply
                 read[name] += len(entries)
+                messages: list[dict[str, Any]] = []
                 for entry_id, fields in entries:
                     last[name] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    try:
-                        message = simplejson.loads(fields[b"m"])
-                        if not isinstance(message, dict):
-                            raise ValueError("not an object")
-                    except (KeyError, ValueError) as exc:
-                        log.warning("a malformed forwarded entry was skipped (%s)", exc)
-                        continue
-                    if self._hand is not None:
-                        self._hand(handle, message)
+                    messages += entry_messages(fields)
+                if messages and self._hand is not None:
+                    self._hand(self._on_request if name == inbox else self._on_reply, messages)
             for name, count in read.items():
                 if count >= TRIM_EVERY and self._trims:
                     read[name] = 0
