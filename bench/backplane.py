@@ -130,9 +130,10 @@ class RedisServer:
 def run_setup(setup: Setup, *, clients: int, messages: int, rate: float = 0, window: int = 0,
               transport: str = "ws", size: int = 150, idle_timeout: float = 5.0,
               max_seconds: float = 120.0, wait_quiet: float = 0.0, rev: str | None = None,
-              verbose: bool = True, log_dir: Path | None = None) -> dict:
+              verbose: bool = True, log_dir: Path | None = None, patched: bool = False) -> dict:
     """One setup, one load: start Redis (if the setup has it) and the
-    server processes on the server's core, drive them from the load
+    server processes on the server's core (``patched``: with the standard
+    library patched by gevent, as deployed), drive them from the load
     generator on the other core, stop everything; the load generator's
     numbers (server CPU summed over the processes, Redis's apart)."""
     server_core, loadgen_core = _cores()
@@ -144,7 +145,9 @@ def run_setup(setup: Setup, *, clients: int, messages: int, rate: float = 0, win
     try:
         if setup.redis:
             redis = RedisServer(server_core, log_dir / f"{setup.name}.redis.log")
-        env = {"BENCH_REDIS_URL": redis.url} if redis else None
+        env = {"BENCH_REDIS_URL": redis.url} if redis else {}
+        if patched:
+            env["BENCH_PATCHED"] = "1"
         for k in range(setup.processes):
             servers.append(Server(setup.server, server_core, log_dir / f"{setup.name}-{k}.log",
                                   package, env))
@@ -159,6 +162,7 @@ def run_setup(setup: Setup, *, clients: int, messages: int, rate: float = 0, win
         limit = 120 + max_seconds + idle_timeout + clients / 20
         result = drive(command, setup.name, loadgen_core, log_dir, limit, None, verbose)
         result.update(server=setup.name, processes=setup.processes, redis=setup.redis,
+                      patched=patched,
                       server_core=server_core, loadgen_core=loadgen_core,
                       background_busy=background, package_rev=commit or "working tree",
                       server_rss_end_kib=[_rss(s.pid) for s in servers])
@@ -239,6 +243,8 @@ def command_line(args, scenario: str) -> str:
     cmd = ["python -m bench backplane", "--only", scenario, "--setups", args.setups]
     if args.quick:
         cmd.append("--quick")
+    if args.patched:
+        cmd.append("--patched")
     return " ".join(cmd + cli.run_flags(args))
 
 
@@ -253,7 +259,9 @@ def cmd_backplane(args) -> None:
     verbose = not args.quiet
     info = cli._machine(args)
     info["redis"] = _redis_version()
-    report = [f"# Backplane{' (quick)' if args.quick else ''}", "",
+    title = "".join(f" ({word})" for flag, word in ((args.quick, "quick"),
+                                                     (args.patched, "patched")) if flag)
+    report = [f"# Backplane{title}", "",
               cli._machine_line(info) + f"; {info['redis']}", ""]
     saved: dict = {"machine": info, "scenarios": {}}
     for scenario, what, load in SCENARIOS:
@@ -269,7 +277,8 @@ def cmd_backplane(args) -> None:
                           file=sys.stderr, flush=True)
                 result = cli.run_retrying(
                     functools.partial(run_setup, SETUPS[name], verbose=verbose,
-                                      wait_quiet=args.wait_quiet, rev=args.rev, **load),
+                                      wait_quiet=args.wait_quiet, rev=args.rev,
+                                      patched=args.patched, **load),
                     args.retry_disturbed, args.max_disturbance, verbose)
                 runs[name].append(result)
                 time.sleep(1)  # let the sockets of the last run go
@@ -310,6 +319,10 @@ def add_parser(sub) -> None:
     parser.add_argument("--only", default=None,
                         help="comma-separated scenarios: " + ", ".join(n for n, *_ in SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="toy scale (a smoke run)")
+    parser.add_argument("--patched", action="store_true",
+                        help="the servers patch the standard library with gevent first, as a "
+                             "deployed app does (flask atmosphere run, the gunicorn worker); "
+                             "the Redis threads are then greenlets")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--quiet", "-q", action="store_true")

@@ -11,7 +11,12 @@ import sys
 
 def setup() -> int:
     """Drop this folder from ``sys.path`` (``socketio.py`` would shadow the
-    real package), raise the file-descriptor limit, return the port."""
+    real package), raise the file-descriptor limit, return the port. With
+    ``BENCH_PATCHED=1``, patch the standard library with gevent first, as a
+    deployed app does (``flask atmosphere run``, the gunicorn worker)."""
+    if os.environ.get("BENCH_PATCHED") == "1":
+        from gevent import monkey
+        monkey.patch_all()
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
