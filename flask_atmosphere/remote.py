@@ -97,7 +97,7 @@ class Remote:
     def start(self) -> None:
         """Start the forwarding threads; requests and replies are handled on the hub."""
         self.forwarding.start(self._hand, self._on_request, self._on_reply, self._on_refresh,
-                              self.atmosphere.broadcaster.defer)
+                              self.atmosphere.broadcaster.defer, self._on_lost)
 
     def stop(self) -> None:
         self.forwarding.stop()
@@ -115,6 +115,10 @@ class Remote:
             if isinstance(rid, str) and isinstance(requester, str) \
                     and message.get("kind") != "cancel":
                 self.forwarding.send(requester, {"rid": rid, GONE: True}, reply=True)
+
+    def _on_lost(self, count: int) -> None:
+        """``count`` entries sent to this process were lost unread (logged)."""
+        self.atmosphere.counters.add("forwarding_lost", count)
 
     def _on_refresh(self) -> None:
         """The directory was refreshed: the clients' checkpoints follow,

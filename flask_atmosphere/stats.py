@@ -21,7 +21,9 @@ class Stats:
     ``MessagesLost``), ``messages_dropped`` (by the drop-oldest policy),
     ``slow_consumers`` (clients cut for a full mailbox or a stalled write),
     ``refused`` (requests refused by origin, limits or ``before_connect``),
-    and the backplane's ``backplane_*``. Disconnects are counted apart, by
+    the backplane's ``backplane_*``, and ``forwarding_lost`` (entries of
+    requests or replies sent to this process through Redis that it lost
+    unread: it fell too far behind). Disconnects are counted apart, by
     reason (:func:`disconnect_reason`).
     """
     __slots__ = ("counts", "disconnects")

@@ -258,6 +258,9 @@ def test_a_client_whose_process_died_is_taken_over(redis_server, app_processes):
     two.push("/chat", "after")
     assert client.poll() == ["after"]
     assert two.stats()["connects"] == 1
+    # said where it happened, as a warning (a false takeover, of a client
+    # whose process lived, would send it again what it got)
+    assert f"WARNING client {client.uuid}: its process died: taken over here" in two.stop()
 
 
 def test_a_websocket_whose_process_died_is_taken_over_at_its_first_reconnect(
@@ -698,10 +701,11 @@ def test_a_process_trims_the_requests_it_has_read(redis_server):
     reading (``TRIM_EVERY`` entries read, then trimmed)."""
     from flask_atmosphere.backplane import forwarding as module
     one = Forwarding(redis_server.url, "atmosphere", "one", refresh_interval=30)
-    got = []
+    got: list[dict] = []
+    lost: list[int] = []
     r, stream = redis_server.client(), one.inbox("one")
     try:
-        one.start(lambda fn, *args: fn(*args), got.extend, print)
+        one.start(lambda fn, *args: fn(*args), got.extend, print, on_lost=lost.append)
         count = 3 * module.TRIM_EVERY
         pipe = r.pipeline(transaction=False)  # an entry each (a writer batches a burst)
         for i in range(count):
@@ -714,5 +718,33 @@ def test_a_process_trims_the_requests_it_has_read(redis_server):
             assert time.monotonic() < deadline, (len(got), r.xlen(stream))
             time.sleep(0.01)  # a thread of its own: nothing to await
         assert [m["i"] for m in got] == list(range(count))  # all of them, in order
+        assert not lost  # (read in full batches: behind, but nothing gone)
+    finally:
+        one.stop()
+
+
+def test_a_process_that_fell_behind_past_the_cap_says_what_it_lost(redis_server, caplog):
+    """Entries that the cap removed before the process read them (it fell
+    more than ``STREAM_MAX_LENGTH`` entries behind) are logged and counted,
+    not lost without a word."""
+    caplog.set_level(logging.ERROR, "flask_atmosphere.backplane")
+    one = Forwarding(redis_server.url, "atmosphere", "one", refresh_interval=30)
+    r, stream = redis_server.client(), one.inbox("one")
+    pipe = r.pipeline(transaction=False)
+    for i in range(300):  # capped at 100 by the writers (exactly here): 200 gone unread
+        pipe.xadd(stream, {"m": json.dumps({"i": i})}, maxlen=100, approximate=False)
+    pipe.execute()
+    got: list[dict] = []
+    lost: list[int] = []
+    try:
+        one.start(lambda fn, *args: fn(*args), got.extend, print, on_lost=lost.append)
+        deadline = time.monotonic() + TIMEOUT
+        while len(got) < 100:
+            assert time.monotonic() < deadline, len(got)
+            time.sleep(0.01)  # a thread of its own: nothing to await
+        assert [m["i"] for m in got] == list(range(200, 300))
+        assert lost == [200]
+        assert [record.getMessage().split(" (")[0] for record in caplog.records] \
+            == [f"200 entries of {stream}"]
     finally:
         one.stop()

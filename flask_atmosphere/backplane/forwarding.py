@@ -56,7 +56,7 @@ from gevent.monkey import get_original
 
 from ..config import redis_url
 
-__all__ = ["Forwarding", "Holder", "batches", "binding_hash", "entry_messages"]
+__all__ = ["Forwarding", "Holder", "batches", "binding_hash", "entry_messages", "entry_order"]
 
 log = logging.getLogger("flask_atmosphere.backplane")
 
@@ -72,6 +72,9 @@ STREAM_MAX_LENGTH = 100_000
 TRIM_EVERY = 1_000
 #: Seconds a reader blocks on its streams at most (it then checks for a stop).
 READ_BLOCK = 1.0
+#: Entries a reader takes from its streams in one read at most; a full read
+#: says that it is behind.
+READ_COUNT = 256
 
 
 def binding_hash(binding: str | None) -> str | None:
@@ -99,6 +102,13 @@ def batches(commands: list[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
 def _xadds(texts: dict[str, list[str]]) -> Iterator[tuple[str, str, str]]:
     for stream, batch in texts.items():
         yield ("xadd", stream, batch[0] if len(batch) == 1 else f"[{','.join(batch)}]")
+
+
+def entry_order(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``"<ms>-<seq>"``) as something that sorts as Redis does."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def entry_messages(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
@@ -184,6 +194,8 @@ class Forwarding:
         self._on_request: Callable[[list[dict[str, Any]]], None] = lambda messages: None
         self._on_reply: Callable[[list[dict[str, Any]]], None] = lambda messages: None
         self._on_refresh: Callable[[], None] = lambda: None
+        self._on_lost: Callable[[int], None] = lambda count: None
+        self._lost: dict[str, int] = {}  # stream -> entries lost unread (reported)
         self._lookups = _local()  # each thread's client for holder() and alive()
         self._threads: list[Any] = []
         self._failing: set[str] = set()  # the threads that cannot reach Redis now
@@ -213,7 +225,8 @@ class Forwarding:
               on_request: Callable[[list[dict[str, Any]]], None],
               on_reply: Callable[[list[dict[str, Any]]], None],
               on_refresh: Callable[[], None] = lambda: None,
-              defer: Callable[[Callable[[], None]], bool] = lambda fn: False) -> None:
+              defer: Callable[[Callable[[], None]], bool] = lambda fn: False,
+              on_lost: Callable[[int], None] = lambda count: None) -> None:
         """Start the writer and reader threads.
 
         Args:
@@ -230,9 +243,12 @@ class Forwarding:
                 likewise.
             on_refresh: called on the hub after each refresh of the directory
                 (every ``refresh_interval`` seconds while Redis answers).
+            on_lost: called on the hub with how many entries of this
+                process's streams were lost unread (it fell more than
+                ``STREAM_MAX_LENGTH`` entries behind), after it logged them.
         """
         self._hand, self._on_request, self._on_reply = hand, on_request, on_reply
-        self._on_refresh, self._defer = on_refresh, defer
+        self._on_refresh, self._defer, self._on_lost = on_refresh, defer, on_lost
         for name, target in (("writer", self._write_loop), ("reader", self._read_loop)):
             thread = _Thread(target=target, name=f"atmosphere-forwarding-{name}", daemon=True)
             thread.start()
@@ -548,6 +564,8 @@ class Forwarding:
         inbox, replies = self.inbox(self.node), self.replies(self.node)
         last = {inbox: "0-0", replies: "0-0"}  # the streams are this process's own: new
         read = {inbox: 0, replies: 0}  # entries read since the stream was last trimmed
+        total = {inbox: 0, replies: 0}  # entries read in all
+        behind = {inbox: True, replies: True}  # (or just started): look for a gap first
         block = min(READ_BLOCK, self.refresh_interval)
         marked, failed = 0.0, False
         while not self._stopped.is_set():
@@ -558,7 +576,10 @@ class Forwarding:
                 if monotonic() - marked >= self.refresh_interval:
                     self._mark_alive(client)
                     marked = monotonic()
-                found = client.xread(last, block=int(block * 1000), count=256)
+                for name in (inbox, replies):
+                    if behind[name]:
+                        self._look_for_gap(client, name, last[name], total[name])
+                found = client.xread(last, block=int(block * 1000), count=READ_COUNT)
             except Exception as exc:  # noqa: BLE001 -- whatever Redis does, the thread lives on
                 client = None
                 self.health("reader", exc)
@@ -568,9 +589,12 @@ class Forwarding:
                 continue
             failed = False
             self.health("reader")
+            behind = {inbox: False, replies: False}
             for stream, entries in found or []:
                 name = stream.decode() if isinstance(stream, bytes) else stream
                 read[name] += len(entries)
+                total[name] += len(entries)
+                behind[name] = len(entries) >= READ_COUNT
                 messages: list[dict[str, Any]] = []
                 for entry_id, fields in entries:
                     last[name] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
@@ -581,6 +605,33 @@ class Forwarding:
                 if count >= TRIM_EVERY and self._trims:
                     read[name] = 0
                     self._trim(client, name, last[name])
+
+    def _look_for_gap(self, client: Any, stream: str, last: str, read: int) -> None:
+        """Report the entries of ``stream`` (this process's own) that the cap
+        (``STREAM_MAX_LENGTH``) removed before this reader read them: there
+        are some when the stream's first entry is past ``last``, the last
+        one read, and fewer are left than were added and not read
+        (``read``: entries read in all). They are logged and counted
+        (``on_lost``); the requests they held get no answer (their
+        requesters answer 504), the replies reach nobody. Called when the
+        last read was a full one (a reader that far behind), before the
+        next. Redis before 7.0 does not tell: nothing is reported there."""
+        from redis.exceptions import RedisError
+        try:
+            info = client.xinfo_stream(stream)
+        except RedisError:  # (no such stream yet, or Redis away: the next read tells)
+            return
+        first, added = info.get("recorded-first-entry-id"), info.get("entries-added")
+        if first is None or added is None or entry_order(first) <= entry_order(last):
+            return
+        lost = int(added) - read - int(info["length"]) - self._lost.get(stream, 0)
+        if lost > 0:
+            self._lost[stream] = self._lost.get(stream, 0) + lost
+            log.error("%d entries of %s (requests or replies sent to this process) were lost "
+                      "unread: it fell more than %d entries behind", lost, stream,
+                      STREAM_MAX_LENGTH)
+            if self._hand is not None:
+                self._hand(self._on_lost, lost)
 
     def _trim(self, client: Any, stream: str, last: str) -> None:
         """Remove from ``stream`` (this process's own) the entries before
