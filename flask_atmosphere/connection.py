@@ -425,6 +425,11 @@ class Connection:
         written to the client meanwhile (no request is attached yet): what
         is sent or broadcast to it waits in its mailbox.
 
+        With the Redis backplane, the client's directory entry is in Redis
+        when it returns (``Remote.await_claim``): the request's answer goes
+        after it, so that the client's next request, on any process, finds
+        the client here instead of opening it a second time.
+
         Returns:
             ``None``, or, if ``Connected`` closed the client (a refusal),
             what its request is answered with; the client is finished then,
@@ -433,8 +438,11 @@ class Connection:
         self.atmosphere.registry.add(self)
         self.atmosphere.counters.add("connects")
         remote = self.atmosphere.remote
+        claimed = None
         if remote is not None and self.resumable:  # its requests may land on other processes
-            remote.forwarding.claim(self.uuid, self.path, self.binding, self.settings.grace_period)
+            claimed = Event()
+            remote.forwarding.claim(self.uuid, self.path, self.binding, self.settings.grace_period,
+                                    claimed.set)
         self._opened = self._opening = True
         try:
             self.dispatch(Connected(self.takeover))
@@ -447,6 +455,8 @@ class Connection:
                 # two fan-outs: if this process dies before the next refresh,
                 # a taker goes on from here, not from nothing.
                 self.atmosphere.broadcaster.call(handover.checkpoint, remote, [self])
+            if claimed is not None and remote is not None:
+                remote.await_claim(claimed)
             return None
         self._kicked = None
         request = CloseRequest(kicked.code, kicked.reason, False, kicked.error, kicked.final)

@@ -22,7 +22,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Queue
 from gevent.threadpool import ThreadPool
@@ -187,6 +187,17 @@ class Remote:
             if len(self._holders) > KNOWN_HOLDERS:
                 self._holders.popitem(last=False)
         return found
+
+    def await_claim(self, written: Event) -> None:
+        """Wait (in the request's greenlet) until a claim of this process is
+        in Redis (``written``: see ``Forwarding.claim``): a client's next
+        request, on another process, finds its holder only then, and would
+        else open it a second time. At most the Redis timeout
+        (``ATMOSPHERE_REDIS_TIMEOUT``, seconds); not at all while Redis
+        cannot be reached (logged once, see ``Forwarding.health``): the
+        client is served here meanwhile."""
+        if not self.forwarding.failing:
+            written.wait(self.forwarding.timeout)
 
     def forget(self, tracking_id: str) -> None:
         """Who holds ``tracking_id`` is to be looked up afresh next time."""

@@ -673,6 +673,23 @@ def test_a_burst_of_requests_for_a_process_is_written_as_one_entry(redis_app, re
         == [[0, 1, 2, 3, 4]]
 
 
+def test_a_client_is_in_the_directory_before_its_first_answer(redis_app, redis_server):
+    """The answer that opens a client goes out once its directory entry is
+    in Redis: its next request, on any process, finds it held, instead of
+    opening it a second time (two objects, two ``Connected``). Redis is made
+    slow to write (``CLIENT PAUSE … WRITE``: reads go on) while it opens."""
+    server, atmosphere = redis_app
+    r = redis_server.client()
+    r.client_pause(500, all=False)  # writes wait 0.5 s
+    try:
+        client = PollClient(f"http://127.0.0.1:{server.port}", "/quiet")
+        entry = r.get(f"atmosphere:client:{client.uuid}")
+    finally:
+        r.client_unpause()
+    assert entry is not None, "answered before it was in the directory"
+    assert json.loads(entry)["node"] == atmosphere.remote.forwarding.node
+
+
 def test_requests_waiting_on_a_process_share_one_lookup_of_its_liveness(redis_app):
     """When a process's liveness is due to be looked up again, the requests
     for its clients that come meanwhile wait for that one lookup, instead of

@@ -260,15 +260,23 @@ class Forwarding:
         self._stopped.set()
         self._wake_up()
 
-    def claim(self, uuid: str, path: str, binding: str | None, grace_period: float) -> None:
+    def claim(self, uuid: str, path: str, binding: str | None, grace_period: float,
+              written: Callable[[], None] | None = None) -> None:
         """This process holds ``uuid`` (from any thread; written at once,
-        then refreshed until :meth:`release`)."""
+        then refreshed until :meth:`release`); ``written()`` is called on
+        the hub once it is in Redis."""
         entry = {"node": self.node, "path": path, "binding": binding_hash(binding)}
         ttl = int((grace_period + 3 * self.refresh_interval) * 1000)
         text = simplejson.dumps(entry)
+        command: tuple[Any, ...] = ("set", self.client_key(uuid), text, ttl)
         with self._lock:
             self._claims[uuid] = (entry, text, ttl)
-            self._queue_command(("set", self.client_key(uuid), text, ttl))
+            self._queue_command(command if written is None else (*command, written))
+
+    @property
+    def failing(self) -> bool:
+        """Some part (a thread, the lookups) cannot reach Redis now."""
+        return bool(self._failing)
 
     def checkpoint(self, uuid: str, record: dict[str, Any]) -> None:
         """Keep ``record`` (what a taker needs to go on with ``uuid``, as
@@ -495,6 +503,10 @@ class Forwarding:
                 self._stopped.wait(min(self.refresh_interval, 1.0))
                 continue
             self.health("writer")
+            if self._hand is not None:
+                for command in commands:
+                    if len(command) > 4:  # a claim someone waits for (see claim)
+                        self._hand(command[4])
             if claims is not None:
                 refreshed = monotonic()
                 if self._hand is not None:
