@@ -204,7 +204,7 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
     holder = _held_elsewhere(atmosphere, chosen, known=transport != "websocket") \
         if existing is None else None
     takeover, handover = False, None  # handover: what a process that stopped left for it
-    died = holder is not None and not holder.alive
+    stale = holder is not None and holder.stale  # its process died: from its checkpoint
     if holder is not None and not _may_act(settings, holder):
         # Held elsewhere, and this request may not act for it: a client of
         # its own, as a held client's tracking id gets here.
@@ -238,7 +238,7 @@ def _open(atmosphere: "Atmosphere", settings: "Settings", route: "Route", chosen
         if transport == "sse":
             connection.keep_history()
         if takeover and atmosphere.remote is not None:
-            handover_.go_on(atmosphere.remote, connection, handover, died)  # then open, no yield
+            handover_.go_on(atmosphere.remote, connection, handover, stale)  # then open, no yield
         refused = connection.open()
         if refused is not None:
             return _refuse(refused, upgraded)
@@ -338,7 +338,7 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
         holder, decision = None, Open(None)  # as a held client's tracking id gets here
     takeover = holder is not None and (not holder.alive or holder.handover is not None)
     handover = holder.handover if holder is not None and takeover else None
-    died = holder is not None and takeover and not holder.alive
+    stale = holder is not None and takeover and holder.stale
     if takeover:
         holder = None
     refused = app_refusal(atmosphere, settings, new=existing is None and holder is None)
@@ -360,7 +360,7 @@ def _message(atmosphere: "Atmosphere", settings: "Settings", route: "Route",
                                           params.transport or "polling", can_set_cookie=True)
     connection.takeover = takeover
     if takeover and atmosphere.remote is not None:
-        handover_.go_on(atmosphere.remote, connection, handover, died)  # then open, no yield
+        handover_.go_on(atmosphere.remote, connection, handover, stale)  # then open, no yield
     refused = connection.open()
     if refused is not None:
         return refusal_response(refused)

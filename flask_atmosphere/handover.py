@@ -147,18 +147,19 @@ def _checkpoint_of(remote: "Remote", connection: "Connection") -> dict[str, Any]
 
 
 def go_on(remote: "Remote", connection: "Connection", handover: dict[str, Any] | None,
-          died: bool = False) -> None:
+          stale: bool = False) -> None:
     """Take over a client another process handed over, or held when it
-    ``died`` (``handover``: its handover or checkpoint, from its directory
-    entry): restore its mailbox and replay what was published since, in the
-    request's greenlet, before ``connection.open()``, with no yield in
-    between (the caller's part). What cannot be restored (``handover`` is
-    ``None``: its process died before its first checkpoint) is told to the
-    app (``MessagesLost``), never raised. A takeover from a process that
-    died is logged (a warning: a process that was alive would be a bug)."""
+    died (``handover``: its handover or, ``stale``, its last checkpoint,
+    from its directory entry): restore its mailbox and replay what was
+    published since, in the request's greenlet, before ``connection.open()``,
+    with no yield in between (the caller's part). What cannot be restored
+    (``handover`` is ``None``: its process died before its first checkpoint)
+    is told to the app (``MessagesLost``), never raised. A takeover from a
+    process that died is logged as a warning (one whose process lived would
+    be a bug); a handover, which every graceful stop makes, is not."""
     if connection.params.acks:
         connection.keep_history()
-    if died and handover is not None:
+    if stale and handover is not None:
         log.warning("client %s: its process died: taken over here from its last checkpoint "
                     "(what it got since may come again, unless it says how far it got)",
                     connection.uuid)

@@ -601,6 +601,7 @@ def test_a_graceful_stop_hands_its_clients_over_and_loses_no_message(redis_serve
     assert json.loads(got[6]) == {"hello": client.uuid, "room": None, "takeover": True}
     two.push("/chat", "live")
     assert client.poll() == ["live"]
+    assert "its process died" not in two.stop()  # a handover: no warning of a death
 
 
 def test_a_websocket_of_a_stopped_process_comes_back_elsewhere_with_nothing_lost(
