@@ -575,8 +575,8 @@ class Forwarding:
         client: Any = None
         inbox, replies = self.inbox(self.node), self.replies(self.node)
         last = {inbox: "0-0", replies: "0-0"}  # the streams are this process's own: new
-        read = {inbox: 0, replies: 0}  # entries read since the stream was last trimmed
         total = {inbox: 0, replies: 0}  # entries read in all
+        trimmed = {inbox: 0, replies: 0}  # ``total`` when the stream was last trimmed
         behind = {inbox: True, replies: True}  # (or just started): look for a gap first
         block = min(READ_BLOCK, self.refresh_interval)
         marked, failed = 0.0, False
@@ -604,7 +604,6 @@ class Forwarding:
             behind = {inbox: False, replies: False}
             for stream, entries in found or []:
                 name = stream.decode() if isinstance(stream, bytes) else stream
-                read[name] += len(entries)
                 total[name] += len(entries)
                 behind[name] = len(entries) >= READ_COUNT
                 messages: list[dict[str, Any]] = []
@@ -613,9 +612,9 @@ class Forwarding:
                     messages += entry_messages(fields)
                 if messages and self._hand is not None:
                     self._hand(self._on_request if name == inbox else self._on_reply, messages)
-            for name, count in read.items():
-                if count >= TRIM_EVERY and self._trims:
-                    read[name] = 0
+            for name, count in total.items():
+                if count - trimmed[name] >= TRIM_EVERY and self._trims:
+                    trimmed[name] = count
                     self._trim(client, name, last[name])
 
     def _look_for_gap(self, client: Any, stream: str, last: str, read: int) -> None:
